@@ -1,0 +1,1 @@
+"""Thin Airflow adapters: the only modules of the package that import Airflow."""

@@ -1,0 +1,75 @@
+"""Session fixtures: a pool of real PostgreSQL servers and an isolated Airflow home.
+
+Airflow reads its configuration at import time, so the environment is set here, before any test module
+imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_PGBIN = Path(os.environ.get("PGUPGRADE_PGBIN", "/opt/pgbin"))
+os.environ.setdefault(
+    "PGUPGRADE_BINDIRS", os.pathsep.join(str(p) for p in sorted(_PGBIN.glob("*/usr/lib/postgresql/*/bin")))
+)
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="pgupgrade-airflow-")
+os.environ.update(
+    {
+        "AIRFLOW_HOME": _AIRFLOW_HOME,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "PGUPGRADE_STATE_DIR": str(Path(_AIRFLOW_HOME) / "pgupgrade-state"),
+    }
+)
+
+from pgharness import Pool, postmasters_under  # noqa: E402
+
+from pgupgrade.cluster import Cluster  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pool() -> Iterator[Pool]:
+    p = Pool()
+    yield p
+    p.close()
+    left = postmasters_under(p.root)
+    p.remove()
+    assert not left, f"postmasters left behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def airflow_home() -> str:
+    """An isolated AIRFLOW_HOME with its metadata DB migrated once per session."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=os.environ.copy()
+    )
+    return _AIRFLOW_HOME
+
+
+def register_connection(cluster: Cluster, conn_id: str | None = None) -> str:
+    """Makes the cluster an Airflow connection (environment-variable secrets backend)."""
+    conn_id = conn_id or cluster.name
+    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(
+        {
+            "conn_type": "postgres",
+            "host": cluster.host,
+            "port": cluster.port,
+            "schema": cluster.dbname,
+            "login": cluster.user,
+            "password": cluster.password or "",
+            "extra": cluster.to_extra(),
+        }
+    )
+    return conn_id

@@ -1,0 +1,162 @@
+"""Real PostgreSQL servers for tests: any installed version, as the postgres OS user, in temp dirs.
+
+Versions are named "15.18", "15.20", "16", "17", "18" (a bare major means the newest installed minor).
+The stand-in pg_tviews extension (tests/extension/pg_tviews) is copied into each version's share dir.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from pgupgrade import versions
+from pgupgrade.cluster import Cluster
+from pgupgrade.commands import LocalHost
+from pgupgrade.scratch import InitdbOptions, create_cluster
+from pgupgrade.sql import connect
+
+HOST = LocalHost()
+OS_USER = "postgres"
+EXT_SRC = Path(__file__).resolve().parent / "extension" / "pg_tviews"
+BASE = Path(os.environ.get("PGUPGRADE_TEST_DIR", "/tmp/pgupgrade-tests"))
+_ports = itertools.count(56000 + (os.getpid() % 500) * 8)
+
+
+@cache
+def all_installations() -> list[versions.Installation]:
+    return versions.discover()
+
+
+def installation(version: str) -> versions.Installation:
+    wanted = versions.Version.parse(version)
+    exact = "." in version
+    for inst in all_installations():
+        if (exact and inst.version == wanted) or (not exact and inst.major == wanted.major):
+            install_standin(inst)
+            return inst
+    have = ", ".join(str(i.version) for i in all_installations())
+    raise LookupError(f"PostgreSQL {version} is not installed here (have: {have}); run .ci/setup-postgres")
+
+
+@cache
+def install_standin(inst: versions.Installation) -> None:
+    target = Path(inst.extension_dir)
+    for src in EXT_SRC.glob("pg_tviews*"):
+        shutil.copy2(src, target / src.name)
+
+
+def session_dir() -> Path:
+    BASE.mkdir(parents=True, exist_ok=True)
+    os.chmod(BASE, 0o755)
+    path = Path(tempfile.mkdtemp(prefix=f"s{os.getpid()}-", dir=BASE))
+    shutil.chown(path, OS_USER, OS_USER)
+    return path
+
+
+@dataclass
+class Pool:
+    """Every cluster a test session started; ``close`` stops them all."""
+
+    root: Path = field(default_factory=session_dir)
+    clusters: list[Cluster] = field(default_factory=list)
+
+    def new(
+        self,
+        version: str,
+        name: str | None = None,
+        *,
+        seed: bool = True,
+        checksums: bool = False,
+        settings: dict[str, str] | None = None,
+    ) -> Cluster:
+        inst = installation(version)
+        port = next(_ports)
+        name = name or f"pg{inst.major}_{port}"
+        home = self.root / name
+        cluster = create_cluster(
+            inst,
+            str(home / "data"),
+            name=name,
+            port=port,
+            socket_dir=str(home / "sock"),
+            os_user=OS_USER,
+            options=InitdbOptions(checksums=checksums),
+            settings={"work_mem": "'7MB'", "fsync": "off", **(settings or {})},
+        )
+        self.clusters.append(cluster)
+        if seed:
+            seed_data(cluster)
+        return cluster
+
+    def track(self, cluster: Cluster) -> Cluster:
+        self.clusters.append(cluster)
+        return cluster
+
+    def close(self) -> None:
+        for c in self.clusters:
+            if Path(c.datadir, "postmaster.pid").exists():
+                HOST.run([c.bin("pg_ctl"), "-D", c.datadir, "-m", "immediate", "-w", "stop"], user=OS_USER, check=False)
+        for pid in postmasters_under(self.root):  # servers started by code under test and not tracked
+            os.kill(pid, 9)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def postmasters_under(root: Path) -> list[int]:
+    """PIDs of postgres processes whose command line names a directory below root."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"postgres") and any(str(root).encode() in part for part in cmd):
+            pids.append(int(proc.name))
+    return pids
+
+
+APP_DB = "app"
+TVIEW = "tv_order_totals"
+BACKING = "orders"
+
+
+def seed_data(cluster: Cluster, rows: int = 1000) -> None:
+    """Two databases, a role, tables with rows, and the stand-in extension at 0.1.5 with two TVIEWs."""
+    with connect(cluster) as conn, conn.cursor() as cur:
+        cur.execute("CREATE ROLE app_user LOGIN")
+        cur.execute("CREATE DATABASE app OWNER app_user")
+        cur.execute("CREATE DATABASE reporting")
+    with connect(cluster, APP_DB) as conn, conn.cursor() as cur:
+        cur.execute("CREATE EXTENSION pg_tviews VERSION '0.1.5'")
+        cur.execute(
+            "CREATE TABLE orders (id serial PRIMARY KEY, customer text NOT NULL, amount numeric(12,2) NOT NULL,"
+            " created_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cur.execute(
+            "INSERT INTO orders (customer, amount) SELECT 'c' || (g %% 37), (g %% 1000) / 10.0"
+            " FROM generate_series(1, %s) g",
+            (rows,),
+        )
+        cur.execute("CREATE TABLE customers (name text PRIMARY KEY, country text)")
+        cur.execute("INSERT INTO customers SELECT 'c' || g, 'DE' FROM generate_series(0, 36) g")
+        cur.execute(
+            "SELECT pg_tviews_create('tv_order_totals', 'orders',"
+            " 'SELECT customer, sum(amount) AS total, count(*) AS n FROM orders GROUP BY customer')"
+        )
+        cur.execute(
+            "SELECT pg_tviews_create('tv_customers', 'customers', 'SELECT name, country FROM customers')"
+        )
+        cur.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_user")
+    with connect(cluster, "reporting") as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE events (id bigint PRIMARY KEY, payload jsonb)")
+        cur.execute(
+            "INSERT INTO events SELECT g, jsonb_build_object('n', g) FROM generate_series(1, %s) g", (rows // 2,)
+        )
