@@ -1,0 +1,175 @@
+"""
+# PostgreSQL major-version upgrade (pg15-to-pg16, pg16-to-pg17, pg17-to-pg18)
+
+One DAG per guide, all from one factory. Each task is a step of the runbook; the run's journal, plan, facts
+and report live in the state directory (`PGUPGRADE_STATE_DIR`), so a rollback decides from facts on disk.
+
+## Prerequisites
+- The new major installed beside the old one (`new_bindir`, or found automatically), with every extension the
+  old cluster uses (control file and library).
+- The Airflow postgres connection of the cluster (`postgres_conn_id`) with `extra` = `pg_bindir`, `pg_datadir`,
+  `os_user`, `service`, optional `pg_confdir`, `ssh_conn_id`.
+- Free space for the backup and (copy / dump-restore) a second copy of the data; checked by the plan.
+- The rollback DAG `pg_major_upgrade_rollback` unpaused (checked first).
+
+## Impact
+Outage from *block logins* to *open to clients*: link/clone/swap time grows with the number of relations,
+copy and dump/restore time with the data size. The plan prints its estimate; the report the measured outage.
+
+## Steps
+1. **plan** — `check_rollback_dag`, `validate_params`, `acquire_lock` (per cluster), `plan` (support matrix,
+   blockers, extensions in the new installation, disk space, `pg_upgrade --check` against a throwaway cluster
+   that matches the old one, method and outage estimate), `dry_run_gate`.
+2. **prepare** — `backup` (globals + `pg_dump -Fd -j N` per database, verified, checksummed), `rehearsal`.
+3. **stop** — `window_guard`, `block_logins`, sensors `wait_no_clients` and `wait_queue_empty`, `snapshot_facts`,
+   `stop_old`.
+4. **upgrade** — `choose_method` branches to `pg_upgrade` (link | copy | clone | swap) or `dump_restore`.
+5. **configure** — `configure_new` (configuration carried over correctly), `start_new_private`.
+6. **extension** — `update_extensions` (pg_upgrade's `update_extensions.sql`, metadata, triggers firing).
+7. **validate** — `validate_facts`, `health_check`, `refresh_tviews`, `analyze`, `performance`,
+   then `open_to_clients` (old port and sockets; logins given back).
+8. **report** — JSON + Markdown.
+
+## Rollback
+Any failed task → `handover_lock` → `trigger_rollback` starts `pg_major_upgrade_rollback` with run id
+`rollback__<run_id>`; `finish` then fails the run. The DAG-level failure callback triggers the same run id
+through the REST API as a backstop. The rollback DAG decides its path from the journal and the old data
+directory (see its own documentation).
+
+## Success criteria
+Facts (databases, roles, row counts per table, optional content checksums) equal before and after; health
+check passes; extension metadata count unchanged and triggers firing; the new cluster answers on the old port.
+
+## Trigger
+UI: *Trigger DAG w/ config*. CLI:
+`airflow dags trigger pg15_to_pg16_upgrade --conf '{"postgres_conn_id": "pg_main", "transfer_mode": "link"}'`
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import DAG, TaskGroup, TriggerRule, task
+
+from pgupgrade import major
+from pgupgrade.airflow import runtime as rt
+
+ROLLBACK_DAG_ID = "pg_major_upgrade_rollback"
+F = major.FIELDS
+
+
+def _plan(rc: Any) -> dict[str, Any]:
+    return rc.state.load("plan")
+
+
+def build(from_major: int, to_major: int) -> DAG:
+    spec = {"from_major": from_major, "to_major": to_major}
+    dag_id = f"pg{from_major}_to_pg{to_major}_upgrade"
+
+    def step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
+        return rt.step_task(task_id, fn, F, spec=spec, doc=doc, **kw)
+
+    with DAG(
+        dag_id=dag_id,
+        description=f"PostgreSQL {from_major} → {to_major}: pg_upgrade or dump/restore, automatic rollback",
+        doc_md=__doc__,
+        schedule=None,
+        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        catchup=False,
+        max_active_runs=1,
+        is_paused_upon_creation=True,
+        tags=["postgresql", "upgrade", "major"],
+        default_args={"owner": "dba", "retries": 0},
+        params=rt.airflow_params(F),
+        on_failure_callback=rt.rollback_callback(ROLLBACK_DAG_ID),
+    ) as dag:
+        with TaskGroup("plan") as g_plan:
+            check_rb = task(task_id="check_rollback_dag", doc_md="Fails unless the rollback DAG exists and is "
+                            "unpaused.")(lambda: rt.check_rollback_dag(ROLLBACK_DAG_ID))()
+            validate = task(task_id="validate_params", doc_md="Rejects bad conf, naming the field; no side "
+                            "effects.")(lambda: rt.validated(F, major.validate_params) and "params valid")()
+            lock = step("acquire_lock", lambda rc: rc.lock.acquire(rc.dag_id, rc.run_id, rt.dagrun_alive),
+                        "Per-cluster lock: two runs on one cluster never overlap.")
+            plan = step("plan", lambda rc: rc.state.save("plan", major.plan(rc)) and _plan(rc),
+                        "Support matrix, blockers, extensions, space, method, estimate. No side effects.")
+
+            @task.short_circuit(task_id="dry_run_gate", ignore_downstream_trigger_rules=False)
+            def dry_run_gate(plan_: dict[str, Any], **context: Any) -> bool:
+                """Stops here for dry runs and clusters already on the target major (green, untouched)."""
+                if plan_.get("already_upgraded"):
+                    print(f"nothing to do: {plan_['reason']}")
+                    return False
+                if context["params"]["dry_run"]:
+                    print("dry run, the plan:\n" + __import__("json").dumps(plan_, indent=2))
+                    return False
+                return True
+
+            gate = dry_run_gate(plan)
+            check_rb >> validate >> lock >> plan
+
+        with TaskGroup("prepare") as g_prepare:
+            bkp = step("backup", lambda rc: major.take_backup(rc, _plan(rc)),
+                       "Globals + pg_dump -Fd -j N per database, verified with pg_restore -l, checksummed.")
+            rehearse = step("rehearsal", lambda rc: major.rehearsal(rc, _plan(rc)),
+                            "Optional: the same upgrade on a scratch copy restored from the backup.")
+            bkp >> rehearse
+
+        with TaskGroup("stop") as g_stop:
+            window = step("window_guard", lambda rc: major.window_guard(rc, _plan(rc)["outage_estimate_s"]),
+                          "Refuses to start the outage when the estimate does not fit the window.")
+            block = step("block_logins", major.block_logins, "NOLOGIN for every login role but ours (recorded).")
+            no_clients = rt.sensor_task("wait_no_clients", major.clients_gone, F, spec, "connection_wait_timeout_s",
+                                        "No client sessions left (terminated after terminate_after_s if set).")
+            queue = rt.sensor_task("wait_queue_empty", lambda rc: major.queue_empty(rc, _plan(rc)["databases"]), F,
+                                   spec, "queue_wait_timeout_s", "The extension's queue is empty.")
+            snap = step("snapshot_facts", lambda rc: major.snapshot(rc, _plan(rc)),
+                        "Databases, roles, row counts, sizes, WAL position (content checksums if asked).")
+            stop = step("stop_old", major.stop_old, "Clean (fast) shutdown of the old cluster, confirmed down.")
+            window >> block >> no_clients >> queue >> snap >> stop
+
+        with TaskGroup("upgrade") as g_upgrade:
+            @task.branch(task_id="choose_method")
+            def choose_method(plan_: dict[str, Any]) -> str:
+                """Follows the method the plan chose before the outage."""
+                return f"upgrade.{plan_['method']}"
+
+            branch = choose_method(plan)
+            pgu = step("pg_upgrade", lambda rc: major.run_pg_upgrade(rc, _plan(rc)),
+                       "initdb matching the old cluster, then pg_upgrade in the planned transfer mode.")
+            dr = step("dump_restore", lambda rc: major.run_dump_restore(rc, _plan(rc)),
+                      "initdb matching the old cluster, pg_dump -Fd -j N / pg_restore -j N per database.")
+            branch >> [pgu, dr]
+
+        with TaskGroup("configure") as g_conf:
+            conf = step("configure_new", lambda rc: major.configure_new(rc, _plan(rc)),
+                        "Old configuration carried over: paths rewritten, removed settings dropped, auto.conf "
+                        "merged, port and sockets kept.", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+            start = step("start_new_private", lambda rc: major.start_new_private(rc, _plan(rc)),
+                         "Marker first, then start where clients cannot reach it.")
+            conf >> start
+
+        with TaskGroup("extension") as g_ext:
+            ext = step("update_extensions", lambda rc: major.update_extensions(rc, _plan(rc)),
+                       "update_extensions.sql; version, metadata count, no errors, triggers enabled and firing.")
+
+        with TaskGroup("validate") as g_val:
+            vf = step("validate_facts", lambda rc: major.validate_facts(rc, _plan(rc)), "Facts equal the snapshot.")
+            hc = step("health_check", lambda rc: major.health_check(rc, _plan(rc)), "include/sql/health-check.sql.")
+            rf = step("refresh_tviews", lambda rc: major.refresh_tviews(rc, _plan(rc)), "Refresh every TVIEW (force).")
+            an = step("analyze", lambda rc: major.analyze(rc, _plan(rc)), "vacuumdb --analyze-in-stages.")
+            pf = step("performance", lambda rc: major.performance(rc, _plan(rc)), "TVIEW scan times vs before.")
+            op = step("open_to_clients", lambda rc: major.open_to_clients(rc, _plan(rc)),
+                      "Restart on the old port and sockets; logins given back.")
+            vf >> hc >> rf >> an >> pf >> op
+
+        rep = step("report", lambda rc: major.write_report(rc, "success"), "JSON + Markdown report.")
+        g_plan >> g_prepare >> g_stop >> g_upgrade >> g_conf >> g_ext >> g_val >> rep
+        gate >> g_prepare
+        rt.failure_tail(dag, ROLLBACK_DAG_ID, F)
+    return dag
+
+
+for _from, _to in ((15, 16), (16, 17), (17, 18)):
+    globals()[f"pg{_from}_to_pg{_to}_upgrade"] = build(_from, _to)

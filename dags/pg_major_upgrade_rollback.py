@@ -1,0 +1,102 @@
+"""
+# Rollback of a PostgreSQL major upgrade
+
+Triggered automatically (run id `rollback__<upgrade run id>`) when any task of `pg15_to_pg16_upgrade`,
+`pg16_to_pg17_upgrade` or `pg17_to_pg18_upgrade` fails, or by hand after a successful run while its backup
+exists (`accept_data_loss` is then required: clients have written to the new cluster).
+
+## Prerequisites
+The upgrade run's state directory (journal, plan, facts, backup manifest). Unpaused on creation.
+
+## Steps
+1. `validate_params`, `take_lock` (taken over from the failed upgrade run).
+2. `assess` — the path, from the upgrade run's journal and the old data directory, logged with its reason:
+   - `old_running`: the old cluster was never stopped → give logins back;
+   - `old_intact`: no transfer began, or copy/clone/dump-restore (old files never written) → stop the new
+     cluster, start the old one;
+   - `restore_pg_control`: link mode, `pg_control.old` present, the new cluster never started → rename it back,
+     start the old one;
+   - `restore_backup`: link mode after the new cluster started (or unknown), swap mode after the transfer began →
+     move the old data directory aside (never deleted), initdb the old major, restore the backup. Refused when
+     data changed after the backup unless `accept_data_loss`.
+3. `bring_back_old` or `restore_from_backup`, then `verify_old`: the old version serves with facts equal to the
+   snapshot taken before the stop.
+4. `report`; `finish` releases the lock — or, when the rollback itself failed, keeps it marked *needs
+   attention* so no run touches the cluster until a person has looked.
+
+## Trigger by hand
+`airflow dags trigger pg_major_upgrade_rollback --conf '{"upgrade_dag_id": "pg15_to_pg16_upgrade",
+"upgrade_run_id": "<run id>", "postgres_conn_id": "pg_main", "accept_data_loss": true}'`
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import DAG, TriggerRule, task
+
+from pgupgrade import rollback
+from pgupgrade.airflow import runtime as rt
+from pgupgrade.state import RunState
+
+F = rollback.FIELDS
+
+
+def _upgrade_state(rc: Any) -> RunState:
+    return RunState.for_run(rc.params["upgrade_dag_id"], rc.params["upgrade_run_id"])
+
+
+def _step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
+    return rt.step_task(task_id, fn, F, doc=doc, **kw)
+
+
+with DAG(
+    dag_id="pg_major_upgrade_rollback",
+    description="Brings the old major back: path decided from facts on disk",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    is_paused_upon_creation=False,
+    tags=["postgresql", "upgrade", "major", "rollback"],
+    default_args={"owner": "dba", "retries": 0},
+    params=rt.airflow_params(F),
+) as dag:
+    validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
+    lock = _step("take_lock", lambda rc: rc.lock.acquire(
+        rc.dag_id, rc.run_id, rt.dagrun_alive, heir_of=(rc.params["upgrade_dag_id"], rc.params["upgrade_run_id"])),
+        "Takes the cluster lock over from the upgrade run.")
+
+    @task.branch(task_id="assess", doc_md="Chooses the path from the journal and the old data directory.")
+    def assess() -> str:
+        rc = rt.run_context(F)
+        decision = rt.journaled(rc.state, "assess", lambda: rollback.decide(
+            _upgrade_state(rc), rc.cluster, rc.host, accept_data_loss=rc.params["accept_data_loss"]))
+        rc.state.save("decision", decision)
+        print(f"rollback path: {decision['path']} — {decision['why']}")
+        return "restore_from_backup" if decision["path"] == "restore_backup" else "bring_back_old"
+
+    back = _step("bring_back_old", lambda rc: rollback.bring_back_old(
+        rc.state.load("decision")["path"], _upgrade_state(rc), rc.cluster, rc.host),
+        "Stops the new cluster, restores pg_control if needed, starts the old one, gives logins back.")
+    restore = _step("restore_from_backup", lambda rc: rollback.restore_from_backup(
+        _upgrade_state(rc), rc.cluster, rc.host, accept_data_loss=rc.params["accept_data_loss"]),
+        "Old data directory moved aside, old major initdb'd, backup restored.")
+    verify = _step("verify_old", lambda rc: rollback.verify_old(_upgrade_state(rc), rc.cluster),
+                   "The old version serves with facts equal to the snapshot.",
+                   trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    report = _step("report", lambda rc: rollback.write_report(rc), "JSON + Markdown report with the path and why.",
+                   trigger_rule=TriggerRule.ALL_DONE)
+
+    @task(task_id="finish", trigger_rule=TriggerRule.ALL_DONE, doc_md="Releases the lock, or marks it.")
+    def finish() -> str:
+        rc = rt.run_context(F)
+        failed = rt.failed_tasks()
+        if failed:
+            rc.lock.needs_attention(rc.dag_id, rc.run_id, f"rollback run failed in {', '.join(failed)}")
+            raise rt.AirflowFailException(f"rollback failed in {', '.join(failed)}; the cluster lock is kept")
+        rc.lock.release(rc.dag_id, rc.run_id)
+        return "lock released"
+
+    validate >> lock >> assess() >> [back, restore] >> verify >> report >> finish()

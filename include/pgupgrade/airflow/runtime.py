@@ -1,0 +1,325 @@
+"""Airflow-facing glue: build a RunContext from the task context, wrap library steps as tasks, hand the
+cluster lock to the rollback run, trigger it, and fail the run at the end when anything failed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from airflow.sdk import Param, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from pgupgrade import profiles
+from pgupgrade.airflow.connections import cluster_from_conn_id, host_for
+from pgupgrade.context import RunContext
+from pgupgrade.errors import ConfigError, PgUpgradeError
+from pgupgrade.params import Field, validate
+from pgupgrade.state import RunState
+
+log = logging.getLogger(__name__)
+API_CONN_ID = "pgupgrade_airflow_api"
+
+
+def airflow_params(fields: list[Field]) -> dict[str, Param]:
+    """The trigger form: JSON-schema types, enums, titles, descriptions, sections, valid defaults."""
+    out = {}
+    for f in fields:
+        schema: dict[str, Any] = {"type": f.type}
+        if f.enum:
+            schema["enum"] = list(f.enum)
+        if f.minimum is not None:
+            schema["minimum"] = f.minimum
+        if f.maximum is not None:
+            schema["maximum"] = f.maximum
+        if f.type == "array":
+            schema["items"] = {"type": "string"}
+        out[f.name] = Param(f.default, title=f.title, description=f.description, section=f.section, **schema)
+    return out
+
+
+def _conf_and_params(fields: list[Field]) -> tuple[dict[str, Any], dict[str, Any]]:
+    ctx = get_current_context()
+    conf = dict(getattr(ctx.get("dag_run"), "conf", None) or {})
+    params = {f.name: ctx["params"].get(f.name, f.default) for f in fields}
+    return conf, params
+
+
+def validated(fields: list[Field], extra_check: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+    """Validates the trigger conf (unknown keys included) and the resolved params."""
+    conf, params = _conf_and_params(fields)
+    validate(fields, conf)  # unknown keys and bad values as the user typed them
+    clean = validate(fields, params)
+    if extra_check:
+        extra_check(clean)
+    return clean
+
+
+def run_context(fields: list[Field], spec: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+                state_of: tuple[str, str] | None = None) -> RunContext:
+    ctx = get_current_context()
+    clean = params if params is not None else validated(fields)
+    cluster = cluster_from_conn_id(clean["postgres_conn_id"])
+    dag_id, run_id = state_of or (ctx["dag"].dag_id, ctx["run_id"])
+    return RunContext(
+        dag_id=dag_id,
+        run_id=run_id,
+        params=clean,
+        cluster=cluster,
+        host=host_for(cluster),
+        state=RunState.for_run(dag_id, run_id),
+        profile=profiles.get(clean.get("extension_profile", "pg_tviews")),
+        spec=spec or {},
+    )
+
+
+def journaled(state: RunState, step: str, fn: Callable[[], Any]) -> Any:
+    """Runs fn, recording the step's outcome and duration in the run's journal."""
+    started = time.monotonic()
+    try:
+        result = fn()
+    except AirflowSkipException:
+        state.record("step", step=step, status="skipped", seconds=round(time.monotonic() - started, 3))
+        raise
+    except Exception as exc:
+        state.record("step", step=step, status="failed", seconds=round(time.monotonic() - started, 3),
+                     error=f"{type(exc).__name__}: {exc}"[:4000])
+        if isinstance(exc, ConfigError | PgUpgradeError):
+            raise AirflowFailException(str(exc)) from exc
+        raise
+    state.record("step", step=step, status="success", seconds=round(time.monotonic() - started, 3))
+    return result
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str)) if value is not None else None
+
+
+def step_task(task_id: str, fn: Callable[[RunContext], Any], fields: list[Field], *, spec: dict[str, Any] | None = None,
+              doc: str, **task_kwargs: Any) -> Any:
+    """A task that runs one library step with a fresh RunContext; destructive steps are never retried."""
+    def _run() -> Any:
+        rc = run_context(fields, spec)
+        return _jsonable(journaled(rc.state, task_id, lambda: fn(rc)))
+
+    _run.__name__ = task_id
+    return task(task_id=task_id, doc_md=doc, retries=task_kwargs.pop("retries", 0), **task_kwargs)(_run)()
+
+
+def dagrun_alive(dag_id: str, run_id: str) -> bool:
+    """Whether a run is still queued or running, asked through the Task SDK (unknown counts as alive)."""
+    try:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        state = RuntimeTaskInstance.get_dagrun_state(dag_id=dag_id, run_id=run_id)
+    except Exception as exc:  # no API reachable: never break a lock we cannot judge
+        log.warning("cannot ask Airflow for the state of %s/%s (%s): treating it as alive", dag_id, run_id, exc)
+        return True
+    return str(state).lower().rsplit(".", 1)[-1] in ("queued", "running")
+
+
+def rollback_run_id(run_id: str) -> str:
+    return f"rollback__{run_id}"
+
+
+def failed_tasks() -> list[str]:
+    ctx = get_current_context()
+    ti = ctx["ti"]
+    states = ti.get_task_states(dag_id=ctx["dag"].dag_id, run_ids=[ctx["run_id"]])
+    per_run = next(iter(states.values()), {}) if states else {}
+    return sorted(t for t, s in per_run.items() if str(s).lower().rsplit(".", 1)[-1] == "failed" and t != ti.task_id)
+
+
+def rollback_conf(params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "upgrade_dag_id": "{{ dag.dag_id }}",
+        "upgrade_run_id": "{{ run_id }}",
+        "postgres_conn_id": params["postgres_conn_id"],
+    }
+
+
+def check_rollback_dag(rollback_dag_id: str) -> str:
+    """Fails unless the rollback DAG exists and is unpaused (a paused one would leave its run queued)."""
+    paused = _dag_paused_via_api(rollback_dag_id)
+    if paused is None:
+        paused = _dag_paused_via_orm(rollback_dag_id)
+    if paused is None:
+        raise AirflowFailException(
+            f"cannot tell whether rollback DAG {rollback_dag_id} is active: add the Airflow connection "
+            f"{API_CONN_ID} (http, host = api-server base URL, login/password) so tasks can ask the REST API"
+        )
+    if paused:
+        raise AirflowFailException(f"rollback DAG {rollback_dag_id} is paused: unpause it before upgrading")
+    return f"rollback DAG {rollback_dag_id} is active"
+
+
+def _api() -> tuple[str, dict[str, str]] | None:
+    from airflow.sdk import Connection
+
+    try:
+        conn = Connection.get(API_CONN_ID)
+    except Exception:
+        return None
+    import requests
+
+    base = (conn.host or "").rstrip("/")
+    if conn.port:
+        base = f"{base}:{conn.port}"
+    if not base.startswith("http"):
+        base = f"http://{base}"
+    token = requests.post(f"{base}/auth/token", json={"username": conn.login, "password": conn.password},
+                          timeout=10)
+    token.raise_for_status()
+    return base, {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+
+def _dag_paused_via_api(dag_id: str) -> bool | None:
+    api = _api()
+    if api is None:
+        return None
+    import requests
+
+    base, headers = api
+    resp = requests.get(f"{base}/api/v2/dags/{dag_id}", headers=headers, timeout=10)
+    if resp.status_code == 404:
+        raise AirflowFailException(f"rollback DAG {dag_id} does not exist")
+    resp.raise_for_status()
+    return bool(resp.json()["is_paused"])
+
+
+def _dag_paused_via_orm(dag_id: str) -> bool | None:
+    try:
+        from airflow.models.dag import DagModel
+
+        model = DagModel.get_dagmodel(dag_id)
+    except Exception as exc:  # under a real executor tasks may not use the ORM
+        log.info("ORM not available to this task (%s)", exc)
+        return None
+    if model is None:
+        raise AirflowFailException(f"rollback DAG {dag_id} does not exist")
+    return bool(model.is_paused)
+
+
+def trigger_via_api(dag_id: str, run_id: str, conf: dict[str, Any]) -> str:
+    """The backstop path of the DAG-level failure callback (409 = already triggered)."""
+    api = _api()
+    if api is None:
+        return f"no {API_CONN_ID} connection: cannot trigger {dag_id} from the callback"
+    import requests
+
+    base, headers = api
+    resp = requests.post(f"{base}/api/v2/dags/{dag_id}/dagRuns", headers=headers, timeout=10,
+                         json={"dag_run_id": run_id, "logical_date": None, "conf": conf})
+    if resp.status_code == 409:
+        return f"{dag_id} run {run_id} already exists"
+    resp.raise_for_status()
+    return f"triggered {dag_id} run {run_id}"
+
+
+def rollback_callback(rollback_dag_id: str) -> Callable[[dict[str, Any]], None]:
+    """DAG-level on_failure_callback: triggers the same rollback run id through the REST API, for runs that
+    fail without a failed task (dagrun_timeout, a killed run). Harmless when the task path already did."""
+
+    def _callback(context: dict[str, Any]) -> None:
+        dag_run = context.get("dag_run")
+        if dag_run is None:
+            return
+        dag_id, run_id = dag_run.dag_id, dag_run.run_id
+        if not RunState.for_run(dag_id, run_id).events():
+            log.info("run %s changed nothing: no rollback needed", run_id)
+            return
+        conf = {"upgrade_dag_id": dag_id, "upgrade_run_id": run_id,
+                "postgres_conn_id": (dag_run.conf or {}).get("postgres_conn_id") or context["params"].get(
+                    "postgres_conn_id")}
+        log.info(trigger_via_api(rollback_dag_id, rollback_run_id(run_id), conf))
+
+    return _callback
+
+
+def sensor_task(task_id: str, fn: Callable[[RunContext], bool], fields: list[Field], spec: dict[str, Any],
+                timeout_param: str, doc: str) -> Any:
+    """A poke-mode sensor (0.5 s interval: it runs inside the outage) with its deadline from a param."""
+
+    @task.sensor(task_id=task_id, poke_interval=0.5, timeout=7 * 24 * 3600, mode="poke", doc_md=doc, retries=0)
+    def _poke() -> bool:
+        rc = run_context(fields, spec)
+        first = rc.state.first(f"sensor_started:{task_id}")
+        if first is None:
+            rc.state.record(f"sensor_started:{task_id}")
+            first = rc.state.first(f"sensor_started:{task_id}")
+        assert first is not None
+        import datetime as dt
+
+        waited = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(first["at"])).total_seconds()
+        done = bool(journaled(rc.state, f"{task_id}.poke", lambda: fn(rc)))
+        if done:
+            rc.state.record("step", step=task_id, status="success", seconds=round(waited, 3))
+            return True
+        if waited > rc.params[timeout_param]:
+            rc.state.record("step", step=task_id, status="failed", seconds=round(waited, 3),
+                            error=f"still waiting after {timeout_param}={rc.params[timeout_param]}s")
+            raise AirflowFailException(f"{task_id}: gave up after {rc.params[timeout_param]}s ({timeout_param})")
+        return False
+
+    return _poke()
+
+
+def failure_tail(dag: Any, rollback_dag_id: str, fields: list[Field]) -> None:
+    """handover_lock (one_failed) → trigger_rollback → finish (all_done; fails the run when anything failed)."""
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+
+    upstream = list(dag.tasks)
+
+    @task.short_circuit(task_id="handover_lock", trigger_rule="one_failed", ignore_downstream_trigger_rules=False,
+                        doc_md="Hands the cluster lock to the rollback run (only if this run holds it).")
+    def handover_lock() -> bool:
+        ctx = get_current_context()
+        dag_id, run_id = ctx["dag"].dag_id, ctx["run_id"]
+        try:
+            rc = run_context(fields)
+        except (ConfigError, PgUpgradeError, AirflowFailException) as exc:
+            log.info("no rollback: the run failed before it could act (%s)", exc)
+            return False
+        holder = rc.lock.holder()
+        if not holder or (holder["dag_id"], holder["run_id"]) != (dag_id, run_id):
+            log.info("no rollback: this run never held the cluster lock (holder: %s)", holder)
+            return False
+        rc.lock.hand_over(dag_id, run_id, rollback_dag_id, rollback_run_id(run_id))
+        rc.state.record("rollback_triggered", dag_id=rollback_dag_id, run_id=rollback_run_id(run_id))
+        return True
+
+    trigger = TriggerDagRunOperator(
+        task_id="trigger_rollback",
+        trigger_dag_id=rollback_dag_id,
+        trigger_run_id="rollback__{{ run_id }}",
+        conf={"upgrade_dag_id": "{{ dag.dag_id }}", "upgrade_run_id": "{{ run_id }}",
+              "postgres_conn_id": "{{ params.postgres_conn_id }}"},
+        skip_when_already_exists=True,
+        wait_for_completion=False,
+        retries=0,
+    )
+
+    @task(task_id="finish", trigger_rule="all_done", retries=0,
+          doc_md="Releases the lock on success; fails the run when any task failed.")
+    def finish() -> str:
+        ctx = get_current_context()
+        dag_id, run_id = ctx["dag"].dag_id, ctx["run_id"]
+        failed = failed_tasks()
+        state = RunState.for_run(dag_id, run_id)
+        try:
+            rc = run_context(fields)
+        except Exception:
+            rc = None
+        if rc is not None and not state.happened("rollback_triggered"):
+            rc.lock.release(dag_id, run_id)
+        if failed:
+            raise AirflowFailException(f"tasks failed: {', '.join(failed)}")
+        return "run finished"
+
+    gate = handover_lock()
+    upstream >> gate
+    gate >> trigger
+    end = finish()
+    [*upstream, trigger] >> end

@@ -1,0 +1,120 @@
+"""Run parameters: declared once, used for Airflow's trigger form and for the validation every DAG runs
+first (before any side effect). Errors name the field."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pgupgrade.errors import ConfigError
+
+_CONN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+_VERSION_RE = re.compile(r"^\d{1,2}(\.\d{1,3}){0,2}$")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+MAX_LEN = 4096
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str  # "string" | "integer" | "boolean" | "array"
+    default: Any
+    title: str
+    description: str
+    section: str = "Run"
+    enum: tuple[str, ...] | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+    kind: str | None = None  # "abs_path" | "conn_id" | "version" | "identifier"
+
+
+def check_abs_path(name: str, value: str) -> str:
+    if "\x00" in value or len(value) > MAX_LEN:
+        raise ConfigError(name, "must not contain NUL and must be shorter than 4096 characters")
+    if not os.path.isabs(value):
+        raise ConfigError(name, f"must be an absolute path, got {value!r}")
+    if ".." in Path(value).parts:
+        raise ConfigError(name, f"must not contain '..', got {value!r}")
+    if any(ch in value for ch in "\n\r'\"`$;|&<>\\*?"):
+        raise ConfigError(name, f"contains characters not allowed in a path here: {value!r}")
+    return os.path.normpath(value)
+
+
+def _check_one(f: Field, value: Any) -> Any:
+    if f.type == "boolean":
+        if not isinstance(value, bool):
+            raise ConfigError(f.name, f"must be true or false, got {value!r}")
+        return value
+    if f.type == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f.name, f"must be an integer, got {value!r}")
+        if f.minimum is not None and value < f.minimum:
+            raise ConfigError(f.name, f"must be at least {f.minimum}, got {value}")
+        if f.maximum is not None and value > f.maximum:
+            raise ConfigError(f.name, f"must be at most {f.maximum}, got {value}")
+        return value
+    if f.type == "array":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f.name, f"must be a list of names, got {value!r}")
+        for v in value:
+            if not _IDENT_RE.match(v) and not _CONN_ID_RE.match(v):
+                raise ConfigError(f.name, f"{v!r} is not a valid name")
+        return list(value)
+    if not isinstance(value, str):
+        raise ConfigError(f.name, f"must be a string, got {type(value).__name__}")
+    if "\x00" in value or len(value) > MAX_LEN:
+        raise ConfigError(f.name, "must not contain NUL and must be shorter than 4096 characters")
+    if f.enum is not None and value not in f.enum:
+        raise ConfigError(f.name, f"must be one of {', '.join(f.enum)}; got {value!r}")
+    if value == "" and f.default == "":
+        return value
+    if f.kind == "abs_path":
+        return check_abs_path(f.name, value)
+    if f.kind == "conn_id" and not _CONN_ID_RE.match(value):
+        raise ConfigError(f.name, f"is not a valid connection id: {value!r}")
+    if f.kind == "version" and not _VERSION_RE.match(value):
+        raise ConfigError(f.name, f"is not a version like '15.20' or '0.2.0': {value!r}")
+    if f.kind == "identifier" and not _IDENT_RE.match(value):
+        raise ConfigError(f.name, f"is not a plain SQL identifier: {value!r}")
+    return value
+
+
+def validate(fields: list[Field], conf: Mapping[str, Any], *, allow_extra: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Checks a trigger conf against the declared fields; returns every field's value (defaults filled in)."""
+    known = {f.name for f in fields}
+    unknown = sorted(set(conf) - known - allow_extra)
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown parameter; known: {', '.join(sorted(known))}")
+    return {f.name: _check_one(f, conf.get(f.name, f.default)) for f in fields}
+
+
+COMMON = [
+    Field("postgres_conn_id", "string", "pg_upgrade_target", "Cluster connection",
+          "Airflow postgres connection of the cluster; its extra JSON carries pg_bindir, pg_datadir, os_user, "
+          "service and optionally pg_confdir and ssh_conn_id.", "Cluster", kind="conn_id"),
+    Field("dry_run", "boolean", False, "Dry run", "Plan only: validate, check and print the plan; change nothing.",
+          "Run"),
+    Field("backup_dir", "string", "", "Backup directory",
+          "Absolute path for this run's backup (empty: under the state directory). Must be new or empty.",
+          "Backup", kind="abs_path"),
+    Field("jobs", "integer", 2, "Parallel jobs", "Parallelism of pg_dump, pg_restore, pg_upgrade and vacuumdb.",
+          "Run", minimum=1, maximum=64),
+    Field("terminate_after_s", "integer", -1, "Terminate clients after (s)",
+          "After blocking logins, terminate remaining client sessions after this many seconds (-1: never; the "
+          "run waits for them to leave).", "Outage", minimum=-1, maximum=86400),
+    Field("connection_wait_timeout_s", "integer", 600, "Wait for clients (s)",
+          "How long the sensor waits for client sessions to end before the run fails.", "Outage", minimum=1,
+          maximum=86400),
+    Field("queue_wait_timeout_s", "integer", 600, "Wait for empty queue (s)",
+          "How long the sensor waits for the extension's queue to drain.", "Outage", minimum=1, maximum=86400),
+    Field("window_end", "string", "", "Window ends at",
+          "ISO timestamp (with time zone) by which the outage must be over; the run refuses to start the outage "
+          "when the estimate does not fit. Empty: no limit.", "Outage"),
+    Field("verify_content", "boolean", False, "Verify content checksums",
+          "Also compare an md5 of every table's rows before and after (reads all data inside the outage).",
+          "Validation"),
+]

@@ -1,0 +1,183 @@
+"""Rollback of a major upgrade: decided from facts on disk (journal, pg_control files), not from the conf.
+
+Paths:
+- ``old_running``: the failure came before the old cluster stopped: give logins back.
+- ``old_intact``: the old cluster's files were never changed (failure before the transfer, copy/clone mode,
+  dump/restore): stop the new one, start the old one.
+- ``restore_pg_control``: link mode, pg_upgrade renamed global/pg_control and the new cluster never started:
+  rename it back, start the old one.
+- ``restore_backup``: link mode after the new cluster started (or unknown), or swap mode after the transfer
+  began: the old files are no longer trustworthy; the old data directory is moved aside (never deleted) and
+  the backup is restored into a fresh cluster of the old major. Refused when data changed after the backup
+  or clients wrote to the new cluster, unless ``accept_data_loss``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import replace
+from typing import Any
+
+from pgupgrade import backup, checks, facts, upgrade, versions
+from pgupgrade.cluster import Cluster, Service
+from pgupgrade.commands import Host
+from pgupgrade.errors import CheckFailed, ConfigError, UnsafeState
+from pgupgrade.params import Field
+from pgupgrade.scratch import InitdbOptions, initdb
+from pgupgrade.state import RunState
+
+log = logging.getLogger(__name__)
+
+FIELDS: list[Field] = [
+    Field("postgres_conn_id", "string", "pg_upgrade_target", "Cluster connection",
+          "The cluster's Airflow postgres connection (as the upgrade run had it).", "Cluster", kind="conn_id"),
+    Field("upgrade_dag_id", "string", "pg15_to_pg16_upgrade", "Upgrade DAG", "The DAG of the run to roll back.",
+          "Run", kind="conn_id"),
+    Field("upgrade_run_id", "string", "", "Upgrade run id", "The run to roll back (its journal decides the path).",
+          "Run"),
+    Field("accept_data_loss", "boolean", False, "Accept data loss",
+          "Allow a path that loses writes made after the backup or in the new cluster.", "Safety"),
+    Field("reason", "string", "", "Reason", "Why (for the audit trail).", "Run"),
+]
+
+
+def assess(upgrade_state: RunState, old: Cluster, host: Host) -> tuple[str, str]:
+    """(path, why) from the upgrade run's journal and the old data directory."""
+    plan = upgrade_state.load("plan") or {}
+    if not upgrade_state.happened("old_stop_requested"):
+        return "old_running", "the old cluster was never stopped by the upgrade run"
+    if not upgrade_state.happened("transfer_started"):
+        return "old_intact", "the old cluster was stopped but no transfer began: its files are unchanged"
+    event = upgrade_state.first("transfer_started") or {}
+    mode = event.get("mode")
+    if event.get("method") == "dump_restore" or mode in ("copy", "clone"):
+        return "old_intact", f"{event.get('method')} {mode or ''} never writes the old data directory".replace("  ", " ")
+    control = upgrade.pg_control_state(host, old.datadir, old.os_user)
+    started = upgrade_state.happened("new_started")
+    if mode == "link" and not started:
+        if control["pg_control.old"] and not control["pg_control"]:
+            return "restore_pg_control", ("link mode: pg_upgrade renamed global/pg_control to pg_control.old and the "
+                                          "new cluster never started, so the old files are unchanged")
+        if control["pg_control"]:
+            return "old_intact", "link mode, but pg_upgrade stopped before it disabled the old cluster"
+    why = (f"{mode} mode and the new cluster started (marker in the journal): the old files may share changed "
+           "blocks with the new cluster" if started else f"{mode} mode after the transfer began")
+    if not plan:
+        why += "; no plan on disk"
+    return "restore_backup", why
+
+
+def data_loss_risks(upgrade_state: RunState) -> list[str]:
+    risks = []
+    if upgrade_state.happened("opened"):
+        risks.append("clients were let into the new cluster: their writes are not in the backup")
+    manifest = upgrade_state.load("backup")
+    before = upgrade_state.load("facts_before")
+    if manifest is None:
+        risks.append("the upgrade run has no backup on record")
+    elif before is not None:
+        diffs = facts.compare(manifest["facts"], before)
+        if diffs:
+            risks.append("data changed between the backup and the stop: " + "; ".join(diffs[:5]))
+    return risks
+
+
+def decide(upgrade_state: RunState, old: Cluster, host: Host, *, accept_data_loss: bool) -> dict[str, str]:
+    if not upgrade_state.dir.exists():
+        raise ConfigError("upgrade_run_id", f"no state for {upgrade_state.dag_id} run {upgrade_state.run_id!r}")
+    path, why = assess(upgrade_state, old, host)
+    if path != "old_running" and upgrade_state.happened("opened") and not accept_data_loss:
+        raise UnsafeState("clients were let into the new cluster: going back loses what they wrote since "
+                          f"(path would be {path}: {why}); set accept_data_loss=true to go ahead")
+    log.info("rollback path: %s, because %s", path, why)
+    return {"path": path, "why": why}
+
+
+def stop_if_running(cluster: Cluster, host: Host) -> bool:
+    svc = Service(cluster, host)
+    if host.run(["test", "-e", f"{cluster.datadir}/postmaster.pid"], check=False).exit_code == 0 and svc.is_running():
+        svc.stop("fast")
+        return True
+    return False
+
+
+def stop_new(upgrade_state: RunState, old: Cluster, host: Host) -> None:
+    plan = upgrade_state.load("plan") or {}
+    new = plan.get("new")
+    if new and upgrade_state.happened("new_initdb"):
+        exists = host.run(["test", "-e", f"{new['datadir']}/PG_VERSION"], check=False).exit_code == 0
+        if exists and stop_if_running(replace(old, bindir=new["bindir"], datadir=new["datadir"], confdir=None), host):
+            log.info("stopped the new cluster in %s", new["datadir"])
+
+
+def bring_back_old(path: str, upgrade_state: RunState, old: Cluster, host: Host) -> None:
+    if path != "old_running":
+        stop_new(upgrade_state, old, host)
+    if path == "restore_pg_control":
+        host.run(["mv", "--", f"{old.datadir}/global/pg_control.old", f"{old.datadir}/global/pg_control"],
+                 user=old.os_user)
+        log.info("renamed global/pg_control.old back to global/pg_control")
+    svc = Service(old, host)
+    if not svc.is_running():
+        svc.start()
+    checks.unblock_logins(old, upgrade_state.load("blocked_roles", []))
+
+
+def restore_from_backup(upgrade_state: RunState, old: Cluster, host: Host, *, accept_data_loss: bool) -> str:
+    risks = data_loss_risks(upgrade_state)
+    manifest = upgrade_state.load("backup")
+    if manifest is None:
+        raise UnsafeState("no backup on record for the upgrade run: cannot restore; the old data directory is "
+                          "left as it is for manual recovery")
+    if risks and not accept_data_loss:
+        raise UnsafeState("refusing to restore the backup: " + "; ".join(risks) + " (set accept_data_loss=true)")
+    plan = upgrade_state.load("plan")
+    stop_new(upgrade_state, old, host)
+    stop_if_running(old, host)
+    aside = f"{old.datadir}.failed-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}"
+    if not upgrade_state.happened("old_moved_aside"):
+        upgrade_state.record("old_moved_aside", to=aside)
+        host.run(["mv", "--", old.datadir, aside], user=old.os_user)
+    else:
+        aside = (upgrade_state.first("old_moved_aside") or {})["to"]
+    inst = versions.inspect(old.bindir, host)
+    if host.run(["test", "-e", f"{old.datadir}/PG_VERSION"], check=False).exit_code != 0:
+        host.run(["rm", "-rf", "--", old.datadir], user=old.os_user)  # a half-done initdb of this rollback
+        initdb(inst, old.datadir, InitdbOptions(**plan["initdb"]), os_user=old.os_user, host=host)
+        for name in ("postgresql.conf", "pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf"):
+            if not old.confdir or name == "postgresql.auto.conf":
+                host.run(["cp", "--", f"{aside}/{name}", f"{old.datadir}/{name}"], user=old.os_user, check=False)
+    Service(old, host).start()
+    backup.restore(old, host, manifest)
+    checks.unblock_logins(old, upgrade_state.load("blocked_roles", []))
+    return aside
+
+
+def verify_old(upgrade_state: RunState, old: Cluster) -> dict[str, Any]:
+    before = upgrade_state.load("facts_before")
+    now = facts.snapshot(old, content=bool(before and any(
+        "md5" in t for db in before["databases"].values() for t in db["tables"].values())))
+    plan = upgrade_state.load("plan") or {}
+    old_version = plan.get("old", {}).get("version")
+    if old_version and versions.Version.from_num(now["server_version_num"]).major != versions.Version.parse(
+            old_version).major:
+        raise CheckFailed(f"the old cluster should run {old_version}, it runs {now['server_version']}")
+    if before is None:
+        return {"facts_compared": False, "server_version": now["server_version"]}
+    diffs = facts.compare(before, now, same_extension_versions=True)
+    if diffs:
+        raise CheckFailed("after the rollback the old cluster's facts differ from the snapshot: " + "; ".join(diffs))
+    return {"facts_compared": True, "server_version": now["server_version"], "tables": facts.table_count(now)}
+
+
+def write_report(ctx: Any) -> dict[str, str]:
+    from pgupgrade import report
+
+    decision = ctx.state.load("decision") or {}
+    failed = [e for e in ctx.state.events() if e["event"] == "step" and e["status"] == "failed"]
+    rep = report.build(ctx.state, status="failed" if failed else "success",
+                       extra={"rollback_path": decision.get("path"), "rollback_reason": decision.get("why"),
+                              "upgrade_run": f"{ctx.params['upgrade_dag_id']}/{ctx.params['upgrade_run_id']}"})
+    json_path, md_path = report.write(ctx.state, rep)
+    return {"json": str(json_path), "markdown": str(md_path)}

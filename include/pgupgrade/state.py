@@ -1,0 +1,198 @@
+"""Facts on disk: each run's directory (plan, facts, journal of what was done) and the per-cluster lock.
+
+Every destructive step writes a journal event *before* it acts, so a rollback (or a re-run after a worker
+crash) reads what may have happened from disk instead of trusting the trigger conf.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pgupgrade.errors import LockHeld, UnsafeState
+
+DEFAULT_STATE_DIR = "/var/lib/pgupgrade"
+
+
+def state_root() -> Path:
+    return Path(os.environ.get("PGUPGRADE_STATE_DIR", DEFAULT_STATE_DIR))
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe, collision-resistant form of a run id or cluster key."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:80]
+    return f"{clean}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+@dataclass(frozen=True)
+class RunState:
+    """The directory of one DAG run: ``<state>/runs/<dag_id>/<run_id>/``."""
+
+    dag_id: str
+    run_id: str
+    root: Path
+
+    @classmethod
+    def for_run(cls, dag_id: str, run_id: str, root: Path | None = None) -> RunState:
+        return cls(dag_id, run_id, root or state_root())
+
+    @property
+    def dir(self) -> Path:
+        return self.root / "runs" / safe_name(self.dag_id) / safe_name(self.run_id)
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def save(self, name: str, data: Any) -> Path:
+        path = self.path(f"{name}.json")
+        write_json(path, data)
+        return path
+
+    def load(self, name: str, default: Any = None) -> Any:
+        path = self.path(f"{name}.json")
+        return read_json(path) if path.exists() else default
+
+    def has(self, name: str) -> bool:
+        return self.path(f"{name}.json").exists()
+
+    # -- journal ------------------------------------------------------------------------------------
+    def record(self, event: str, **details: Any) -> None:
+        """Appends one event (fsync'd) to the journal."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"event": event, "at": now_iso(), **details}, default=str)
+        with open(self.path("journal.jsonl"), "a") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def events(self) -> list[dict[str, Any]]:
+        path = self.path("journal.jsonl")
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def happened(self, event: str) -> bool:
+        return any(e["event"] == event for e in self.events())
+
+    def first(self, event: str) -> dict[str, Any] | None:
+        return next((e for e in self.events() if e["event"] == event), None)
+
+    def refuse_if(self, event: str, why: str) -> None:
+        """Destructive steps refuse to run twice on a half-built state."""
+        if self.happened(event):
+            raise UnsafeState(f"{why} (journal {self.path('journal.jsonl')} already has '{event}')")
+
+
+IsAlive = Callable[[str, str], bool]
+
+
+@dataclass(frozen=True)
+class ClusterLock:
+    """One lock per cluster (host + data directory), whatever DAG asks; a file outside the cluster so it
+    survives the cluster being stopped or rebuilt.
+
+    A holder may hand the lock over to the run that cleans up after it (the rollback run). A lock whose
+    holder and heir runs are both finished is stale and is taken over, with a log line saying so.
+    """
+
+    key: str
+    root: Path
+
+    @classmethod
+    def for_cluster(cls, host: str, datadir: str, root: Path | None = None) -> ClusterLock:
+        return cls(f"{host}:{datadir}", root or state_root())
+
+    @property
+    def path(self) -> Path:
+        return self.root / "locks" / f"{safe_name(self.key)}.json"
+
+    def holder(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = read_json(self.path)
+            return data
+        except FileNotFoundError:
+            return None
+
+    def acquire(self, dag_id: str, run_id: str, is_alive: IsAlive, *, heir_of: tuple[str, str] | None = None) -> str:
+        """Takes the lock for (dag_id, run_id). Returns a line for the log. Raises LockHeld."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"dag_id": dag_id, "run_id": run_id, "host": socket.gethostname(), "at": now_iso(), "key": self.key}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                current = self.holder()
+                if current is None:
+                    continue
+                if current.get("needs_attention"):
+                    raise LockHeld(
+                        f"cluster {self.key} needs attention: {current['needs_attention']} (run "
+                        f"{current['dag_id']}/{current['run_id']}); check the cluster by hand, then delete {self.path}"
+                    ) from None
+                owners = [(current["dag_id"], current["run_id"])]
+                if current.get("heir"):
+                    owners.append((current["heir"]["dag_id"], current["heir"]["run_id"]))
+                if (dag_id, run_id) in owners:
+                    write_json(self.path, {**me, "since": current.get("at")})
+                    return f"lock {self.key} already held by this run"
+                if heir_of and heir_of == owners[0]:
+                    write_json(self.path, me)
+                    return f"lock {self.key} taken over from {heir_of[0]}/{heir_of[1]} (this run cleans up after it)"
+                alive = [o for o in owners if is_alive(*o)]
+                if alive:
+                    raise LockHeld(
+                        f"cluster {self.key} is locked by {alive[0][0]} run {alive[0][1]!r} since {current['at']}; "
+                        "wait for it to finish (or for its rollback)"
+                    ) from None
+                os.replace(self._write_tmp(me), self.path)
+                return f"lock {self.key} was left by finished run {owners[-1][0]}/{owners[-1][1]}; taken over"
+            else:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(me, fh)
+                return f"lock {self.key} acquired"
+        raise LockHeld(f"could not acquire lock {self.key}")
+
+    def _write_tmp(self, data: dict[str, Any]) -> Path:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        return tmp
+
+    def hand_over(self, dag_id: str, run_id: str, heir_dag_id: str, heir_run_id: str) -> None:
+        current = self.holder()
+        if current and (current["dag_id"], current["run_id"]) == (dag_id, run_id):
+            write_json(self.path, {**current, "heir": {"dag_id": heir_dag_id, "run_id": heir_run_id}})
+
+    def needs_attention(self, dag_id: str, run_id: str, reason: str) -> None:
+        """Keeps the lock after a failed rollback: no run may touch the cluster until a person looked."""
+        current = self.holder() or {"dag_id": dag_id, "run_id": run_id, "at": now_iso(), "key": self.key}
+        write_json(self.path, {**current, "needs_attention": reason})
+
+    def release(self, dag_id: str, run_id: str) -> bool:
+        current = self.holder()
+        if current and (current["dag_id"], current["run_id"]) == (dag_id, run_id):
+            self.path.unlink()
+            return True
+        return False

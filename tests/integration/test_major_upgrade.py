@@ -1,0 +1,71 @@
+"""Major upgrades through Airflow (dag.test) on real clusters: success paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from airflow_helpers import report_of, run
+from conftest import register_connection
+from pgharness import APP_DB, Pool, installation
+
+from pgupgrade.cluster import Cluster
+from pgupgrade.sql import connect, scalar
+from pgupgrade.state import RunState
+
+pytestmark = pytest.mark.usefixtures("airflow_home")
+OK = {"success", "skipped"}
+
+
+def upgrade_conf(pool: Pool, old: Cluster, new_version: str, **over: object) -> dict[str, object]:
+    home = Path(old.datadir).parent
+    return {
+        "postgres_conn_id": register_connection(old),
+        "new_bindir": installation(new_version).bindir,
+        "new_datadir": str(home / f"data{new_version.split('.')[0]}"),
+        "backup_dir": str(home / "backup"),
+        **over,
+    }
+
+
+def track_new(pool: Pool, old: Cluster, conf: dict[str, object]) -> Cluster:
+    from dataclasses import replace
+
+    return pool.track(replace(old, bindir=str(conf["new_bindir"]), datadir=str(conf["new_datadir"])))
+
+
+def served_version(cluster: Cluster) -> int:
+    with connect(cluster) as conn:
+        return int(scalar(conn, "SHOW server_version_num")) // 10000
+
+
+@pytest.mark.parametrize(("old_v", "new_v"), [("15.18", "16"), ("16", "17"), ("17", "18")])
+def test_link_mode_upgrade(pool, old_v, new_v):
+    old = pool.new(old_v)
+    conf = upgrade_conf(pool, old, new_v, transfer_mode="link")
+    track_new(pool, old, conf)
+    dag_id = f"pg{old_v.split('.')[0]}_to_pg{new_v}_upgrade"
+    dr, states = run(dag_id, conf)
+    assert dr.state == "success", states
+    assert {s for t, s in states.items() if t not in ("handover_lock", "trigger_rollback")} <= OK, states
+    assert states["trigger_rollback"] == "skipped"
+    # the new major answers on the old port and socket, with the data
+    assert served_version(old) == int(new_v)
+    with connect(old, APP_DB) as conn:
+        assert scalar(conn, "SELECT count(*) FROM orders") == 1000
+        assert scalar(conn, "SELECT count(*) FROM tv_order_totals") == 37
+        assert scalar(conn, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app_user'") is True
+    state = RunState.for_run(dag_id, dr.run_id, Path(os.environ["PGUPGRADE_STATE_DIR"]))
+    before, after = state.load("facts_before"), state.load("facts_after")
+    assert before["databases"].keys() == after["databases"].keys()
+    for db in before["databases"]:
+        assert {t: v["rows"] for t, v in before["databases"][db]["tables"].items()} == {
+            t: v["rows"] for t, v in after["databases"][db]["tables"].items()
+        }
+    rep = report_of(Path(os.environ["PGUPGRADE_STATE_DIR"]), dag_id, dr.run_id)
+    steps = {s["step"]: s for s in rep["steps"]}
+    assert {"plan", "backup", "pg_upgrade", "validate_facts", "open_to_clients"} <= set(steps)
+    assert all(s["seconds"] is not None for s in rep["steps"])
+    assert rep["outage"]["seconds"] > 0 and rep["plan"]["transfer_mode"] == "link"
+    print(f"{dag_id}: outage {rep['outage']['seconds']}s, server down {rep['server_down_seconds']}s")
