@@ -1,7 +1,8 @@
 """
 # PostgreSQL major-version upgrade (pg15-to-pg16, pg16-to-pg17, pg17-to-pg18)
 
-One DAG per guide, all from one factory. Each task is a step of the runbook; the run's journal, plan, facts
+One DAG per guide, all from one factory, plus `pg_major_upgrade`, which goes from any supported major straight
+to `target_major` (pg_upgrade and dump/restore both support skipping majors). Each task is a step of the runbook; the run's journal, plan, facts
 and report live in the state directory (`PGUPGRADE_STATE_DIR`), so a rollback decides from facts on disk.
 
 ## Prerequisites
@@ -57,23 +58,25 @@ from pgupgrade import major
 from pgupgrade.airflow import runtime as rt
 
 ROLLBACK_DAG_ID = "pg_major_upgrade_rollback"
-F = major.FIELDS
 
 
 def _plan(rc: Any) -> dict[str, Any]:
     return rc.state.load("plan")
 
 
-def build(from_major: int, to_major: int) -> DAG:
+def build(from_major: int | None, to_major: int | None) -> DAG:
+    """One DAG per guide; with no majors given, the generic DAG (any supported major → target_major)."""
     spec = {"from_major": from_major, "to_major": to_major}
-    dag_id = f"pg{from_major}_to_pg{to_major}_upgrade"
+    dag_id = f"pg{from_major}_to_pg{to_major}_upgrade" if from_major else "pg_major_upgrade"
+    F = major.FIELDS if from_major else [*major.FIELDS, major.TARGET_MAJOR]
+    what = f"PostgreSQL {from_major} → {to_major}" if from_major else "PostgreSQL N → target_major (skipping majors)"
 
     def step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
         return rt.step_task(task_id, fn, F, spec=spec, doc=doc, **kw)
 
     with DAG(
         dag_id=dag_id,
-        description=f"PostgreSQL {from_major} → {to_major}: pg_upgrade or dump/restore, automatic rollback",
+        description=f"{what}: pg_upgrade or dump/restore, automatic rollback",
         doc_md=__doc__,
         schedule=None,
         start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
@@ -89,7 +92,7 @@ def build(from_major: int, to_major: int) -> DAG:
             check_rb = task(task_id="check_rollback_dag", doc_md="Fails unless the rollback DAG exists and is "
                             "unpaused.")(lambda: rt.check_rollback_dag(ROLLBACK_DAG_ID))()
             validate = task(task_id="validate_params", doc_md="Rejects bad conf, naming the field; no side "
-                            "effects.")(lambda: rt.validated(F, major.validate_params) and "params valid")()
+                            "effects.")(lambda: rt.validated(F, major.cross_checks) and "params valid")()
             lock = step("acquire_lock", lambda rc: rc.lock.acquire(rc.dag_id, rc.run_id, rt.dagrun_alive),
                         "Per-cluster lock: two runs on one cluster never overlap.")
             plan = step("plan", lambda rc: rc.state.save("plan", major.plan(rc)) and _plan(rc),
@@ -173,3 +176,4 @@ def build(from_major: int, to_major: int) -> DAG:
 
 for _from, _to in ((15, 16), (16, 17), (17, 18)):
     globals()[f"pg{_from}_to_pg{_to}_upgrade"] = build(_from, _to)
+pg_major_upgrade = build(None, None)

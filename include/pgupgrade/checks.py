@@ -84,6 +84,17 @@ def missing_extensions(cluster: Cluster, databases: list[str], new: Installation
     return sorted(set(missing))
 
 
+def missing_libraries(preload: str, new: Installation, host: Host) -> list[str]:
+    """Entries of shared_preload_libraries with no shared library in the new installation."""
+    missing = []
+    for name in (n.strip().strip('"') for n in preload.split(",") if n.strip()):
+        lib = name.replace("$libdir", new.pkglibdir)
+        path = lib if lib.startswith("/") else f"{new.pkglibdir}/{lib}"
+        if not any(_exists(host, c) for c in (path, path + ".so")):
+            missing.append(name)
+    return missing
+
+
 def _exists(host: Host, path: str) -> bool:
     return host.run(["test", "-e", path], check=False, timeout=30).exit_code == 0
 

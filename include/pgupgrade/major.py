@@ -21,7 +21,7 @@ from pgupgrade import backup, checks, facts, upgrade, versions
 from pgupgrade.cluster import Cluster, Service
 from pgupgrade.context import RunContext
 from pgupgrade.errors import CheckFailed, CommandError, ConfigError, PlanError
-from pgupgrade.params import COMMON, Field, validate
+from pgupgrade.params import COMMON, Field
 from pgupgrade.scratch import InitdbOptions, exists, is_empty_dir
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state import safe_name
@@ -58,14 +58,26 @@ FIELDS: list[Field] = [
           "Validation", enum=("warn", "fail")),
 ]
 
+# The generic DAG (any supported major to a newer one, e.g. 15 → 17 in one pg_upgrade) adds this field.
+TARGET_MAJOR = Field("target_major", "integer", 18, "Target major", "The major version to upgrade to.", "New cluster",
+                     minimum=16, maximum=18)
+SUPPORTED_MAJORS = range(15, 19)
+
 DEFAULT_GB_PER_S = {"copy": 0.2, "dump_restore": 0.09}  # throughput used for outage estimates
 
 
-def validate_params(conf: dict[str, Any]) -> dict[str, Any]:
-    p = validate(FIELDS, conf)
+def cross_checks(p: dict[str, Any]) -> None:
+    """Checks that involve more than one field (each field was validated on its own already)."""
     if p["transfer_mode"] == "swap" and p["method"] == "dump_restore":
         raise ConfigError("transfer_mode", "swap is a pg_upgrade mode; method dump_restore does not use it")
-    return p
+    if p["new_datadir"] and p["backup_dir"] and (
+        p["backup_dir"] == p["new_datadir"] or p["backup_dir"].startswith(p["new_datadir"] + "/")
+    ):
+        raise ConfigError("backup_dir", "must be outside new_datadir")
+
+
+def target_major(ctx: RunContext) -> int:
+    return int(ctx.spec.get("to_major") or ctx.params["target_major"])
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -91,14 +103,18 @@ def _release_index(v: versions.Version) -> int:
 def plan(ctx: RunContext) -> dict[str, Any]:
     """No side effects on the cluster: support matrix, blockers, extensions, space, method, estimate."""
     p, old, host = ctx.params, ctx.cluster, ctx.host
-    from_major, to_major = ctx.spec["from_major"], ctx.spec["to_major"]
+    to_major = target_major(ctx)
     with connect(old) as conn:
         running = versions.Version.from_num(int(scalar(conn, "SHOW server_version_num")))
         old_socket_dirs = str(scalar(conn, "SHOW unix_socket_directories"))
+    from_major = ctx.spec.get("from_major") or running.major
+    if running.major not in SUPPORTED_MAJORS:
+        raise PlanError(f"PostgreSQL {running} is not supported (supported: {SUPPORTED_MAJORS.start}–"
+                        f"{SUPPORTED_MAJORS.stop - 1})")
     old_inst = versions.inspect(old.bindir, host)
     if running.major == to_major:
         return {"already_upgraded": True, "running": str(running), "reason": f"cluster already runs {running}"}
-    if running.major != from_major:
+    if running.major != from_major or running.major > to_major:
         raise PlanError(f"this DAG upgrades {from_major} to {to_major}; the cluster runs {running}")
     if old_inst.major != running.major:
         raise PlanError(f"connection extra pg_bindir {old.bindir} is PostgreSQL {old_inst.version}, the server "
@@ -122,6 +138,13 @@ def plan(ctx: RunContext) -> dict[str, Any]:
     refused = [b for b in blockers if b.ack_param and not p.get(b.ack_param)]
     if refused:
         raise PlanError("; ".join(f"{b.detail} (set {b.ack_param}=true to go ahead)" for b in refused))
+    unhealthy = [f"{r['database']}: {r['check']} ({r['detail']})" for r in checks.health(old, dbs, ctx.profile)
+                 if not r["ok"] and r["check"] not in ("queue empty", "no invalid indexes")]
+    if unhealthy:
+        raise PlanError("the old cluster is not healthy; fix this before the upgrade: " + "; ".join(unhealthy))
+    invalid = [r for r in checks.health(old, dbs, None) if r["check"] == "no invalid indexes" and not r["ok"]]
+    for r in invalid:
+        warnings.append(f"{r['database']}: invalid indexes are not carried over: {r['detail']}")
     missing = checks.missing_extensions(old, dbs, new_inst, host)
     if missing:
         raise PlanError("the new installation lacks extensions, neither pg_upgrade nor dump/restore can carry "
@@ -134,6 +157,10 @@ def plan(ctx: RunContext) -> dict[str, Any]:
             relations += int(scalar(conn, "SELECT count(*) FROM pg_class"))
     options = upgrade.matching_options(old)
     preload = upgrade.preload_libraries(old)
+    missing_libs = checks.missing_libraries(preload, new_inst, host)
+    if missing_libs:
+        raise PlanError("shared_preload_libraries names libraries the new installation lacks: "
+                        + ", ".join(missing_libs))
 
     method, why, check_output = _choose_method(ctx, old_inst, new_inst, new_datadir, options, preload, blockers)
     mode = p["transfer_mode"] if method == "pg_upgrade" else None
@@ -463,8 +490,8 @@ def validate_facts(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     diffs = facts.compare(before, after)
     if diffs:
         raise CheckFailed("facts differ after the upgrade: " + "; ".join(diffs[:20]))
-    if versions.Version.from_num(after["server_version_num"]).major != ctx.spec["to_major"]:
-        raise CheckFailed(f"new cluster runs {after['server_version']}, not {ctx.spec['to_major']}")
+    if versions.Version.from_num(after["server_version_num"]).major != target_major(ctx):
+        raise CheckFailed(f"new cluster runs {after['server_version']}, not {target_major(ctx)}")
     return {"tables": facts.table_count(after), "server_version": after["server_version"]}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,10 +76,20 @@ def run_context(fields: list[Field], spec: dict[str, Any] | None = None, params:
     )
 
 
+class InjectedFailure(PgUpgradeError):
+    """Raised by a step named in PGUPGRADE_INJECT_FAILURE: fault drills and tests on the worker's own config."""
+
+
+def _injected_failures() -> set[str]:
+    return {s.strip() for s in os.environ.get("PGUPGRADE_INJECT_FAILURE", "").split(",") if s.strip()}
+
+
 def journaled(state: RunState, step: str, fn: Callable[[], Any]) -> Any:
     """Runs fn, recording the step's outcome and duration in the run's journal."""
     started = time.monotonic()
     try:
+        if step in _injected_failures():
+            raise InjectedFailure(f"failure injected into step {step} (PGUPGRADE_INJECT_FAILURE)")
         result = fn()
     except AirflowSkipException:
         state.record("step", step=step, status="skipped", seconds=round(time.monotonic() - started, 3))

@@ -1,0 +1,90 @@
+"""Induced failures of a major upgrade: the rollback DAG is triggered automatically and the old version serves
+identical data afterwards."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from airflow_helpers import report_of, run, run_triggered_rollback
+from pgharness import APP_DB, OS_USER, installation
+from test_major_upgrade import served_version, track_new, upgrade_conf
+
+from pgupgrade.sql import connect, scalar
+from pgupgrade.state import RunState
+
+pytestmark = pytest.mark.usefixtures("airflow_home")
+STATE = Path(os.environ["PGUPGRADE_STATE_DIR"])
+
+
+def assert_rolled_back(old, upgrade_dag, upgrade_run, expected_path):
+    dr, states = run_triggered_rollback("pg_major_upgrade_rollback", upgrade_run)
+    assert dr.state == "success", states
+    decision = RunState.for_run("pg_major_upgrade_rollback", dr.run_id, STATE).load("decision")
+    assert decision["path"] == expected_path, decision
+    assert served_version(old) == 15
+    with connect(old, APP_DB) as conn:
+        assert scalar(conn, "SELECT count(*) FROM orders") >= 1000
+        assert scalar(conn, "SELECT pg_tviews_version()") == "0.1.5"
+        assert scalar(conn, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app_user'") is True
+    rep = report_of(STATE, "pg_major_upgrade_rollback", dr.run_id)
+    assert rep["rollback_path"] == expected_path and rep["rollback_reason"]
+    return rep
+
+
+def test_failure_before_stop_rolls_back_to_running_old(pool):
+    old = pool.new("15.18")
+    with connect(old, APP_DB) as conn, conn.cursor() as cur:  # a pending change the queue sensor waits for
+        cur.execute("INSERT INTO orders (customer, amount) VALUES ('late', 1)")
+    conf = upgrade_conf(pool, old, "16", queue_wait_timeout_s=1)
+    dr, states = run("pg15_to_pg16_upgrade", conf)
+    assert dr.state == "failed"
+    assert states["stop.wait_queue_empty"] == "failed" and states["trigger_rollback"] == "success", states
+    assert_rolled_back(old, "pg15_to_pg16_upgrade", dr.run_id, "old_running")
+
+
+def _failing_pg_upgrade_bindir(root: Path, version: str) -> str:
+    """A copy of an installation (symlinks) whose pg_upgrade fails after the real one finished linking."""
+    real = Path(installation(version).bindir)
+    fake = root / f"bin-{version}-failing-pg_upgrade"
+    fake.mkdir()
+    for f in real.iterdir():
+        (fake / f.name).symlink_to(f)
+    (fake / "pg_upgrade").unlink()
+    (fake / "pg_upgrade").write_text(
+        "#!/bin/sh\n"
+        f'"{real}/pg_upgrade" "$@" || exit $?\n'
+        'case " $* " in *" --check "*) exit 0;; esac\n'
+        'echo "injected failure after the transfer" >&2\nexit 1\n'
+    )
+    (fake / "pg_upgrade").chmod(0o755)
+    return str(fake)
+
+
+def test_failure_inside_pg_upgrade_restores_pg_control(pool):
+    old = pool.new("15.18")
+    conf = upgrade_conf(pool, old, "16", transfer_mode="link")
+    conf["new_bindir"] = _failing_pg_upgrade_bindir(pool.root, "16")
+    track_new(pool, old, conf)
+    dr, states = run("pg15_to_pg16_upgrade", conf)
+    assert dr.state == "failed" and states["upgrade.pg_upgrade"] == "failed", states
+    assert Path(old.datadir, "global", "pg_control.old").exists()  # pg_upgrade had disabled the old cluster
+    assert_rolled_back(old, "pg15_to_pg16_upgrade", dr.run_id, "restore_pg_control")
+    assert not Path(old.datadir, "global", "pg_control.old").exists()
+
+
+def test_failure_after_new_cluster_started_restores_backup(pool, monkeypatch):
+    old = pool.new("15.18")
+    conf = upgrade_conf(pool, old, "16", transfer_mode="link")
+    track_new(pool, old, conf)
+    monkeypatch.setenv("PGUPGRADE_INJECT_FAILURE", "health_check")  # the worker's fault-drill switch
+    dr, states = run("pg15_to_pg16_upgrade", conf)
+    assert dr.state == "failed" and states["validate.health_check"] == "failed", states
+    assert states["configure.start_new_private"] == "success"
+    monkeypatch.delenv("PGUPGRADE_INJECT_FAILURE")
+    rep = assert_rolled_back(old, "pg15_to_pg16_upgrade", dr.run_id, "restore_backup")
+    assert "started" in rep["rollback_reason"]
+    aside = [p for p in Path(old.datadir).parent.iterdir() if p.name.startswith("data.failed-")]
+    assert len(aside) == 1  # the old data directory is kept, never deleted
+    assert os.stat(aside[0]).st_uid == __import__("pwd").getpwnam(OS_USER).pw_uid
