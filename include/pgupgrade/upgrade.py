@@ -216,7 +216,9 @@ def make_socket_dir(host: Host, path: str, user: str) -> str:
 
 def start_private(cluster: Cluster, host: Host, socket_dir: str) -> None:
     make_socket_dir(host, socket_dir, cluster.os_user)
-    Service(cluster, host).start(options=f"-c listen_addresses='' -c unix_socket_directories='{socket_dir}'")
+    Service(cluster, host).start(
+        options=f"-c listen_addresses='' -c unix_socket_directories='{socket_dir}' -c port={int(cluster.port)}"
+    )
 
 
 def dump_restore(

@@ -1,0 +1,105 @@
+"""Method choice and transfer modes: copy, dump/restore, auto → dump/restore, blockers refused in the plan."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from airflow_helpers import report_of, run
+from pgharness import APP_DB, installation
+from test_major_upgrade import served_version, track_new, upgrade_conf
+
+from pgupgrade.sql import connect, scalar
+from pgupgrade.state import RunState
+
+pytestmark = pytest.mark.usefixtures("airflow_home")
+STATE = Path(os.environ["PGUPGRADE_STATE_DIR"])
+
+
+def _ok(dr, states):
+    assert dr.state == "success", {t: s for t, s in states.items() if s != "success"}
+
+
+@pytest.mark.parametrize("method", ["copy", "dump_restore"])
+def test_15_to_17_copy_and_dump_restore(pool, method):
+    old = pool.new("15.18")
+    extra = {"transfer_mode": "copy"} if method == "copy" else {"method": "dump_restore"}
+    conf = upgrade_conf(pool, old, "17", target_major=17, **extra)
+    track_new(pool, old, conf)
+    dr, states = run("pg_major_upgrade", conf)
+    _ok(dr, states)
+    assert states["upgrade.pg_upgrade" if method == "copy" else "upgrade.dump_restore"] == "success"
+    assert states["upgrade.dump_restore" if method == "copy" else "upgrade.pg_upgrade"] == "skipped"
+    assert served_version(old) == 17
+    with connect(old, APP_DB) as conn:
+        assert scalar(conn, "SELECT count(*) FROM orders") == 1000
+        assert scalar(conn, "SELECT count(*) FROM pg_tviews_metadata") == 2
+    # copy and dump/restore leave the old cluster intact
+    assert not Path(old.datadir, "global", "pg_control.old").exists()
+    rep = report_of(STATE, "pg_major_upgrade", dr.run_id)
+    assert rep["plan"]["method"] == ("pg_upgrade" if method == "copy" else "dump_restore")
+    print(f"15.18→17.10 {method}: outage {rep['outage']['seconds']}s")
+
+
+def test_auto_picks_dump_restore_for_reg_columns_and_says_why(pool):
+    old = pool.new("15.18")
+    with connect(old, APP_DB) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE handlers (name text, fn regproc)")
+        cur.execute("INSERT INTO handlers VALUES ('now', 'now'::regproc)")
+    conf = upgrade_conf(pool, old, "16", method="auto")
+    track_new(pool, old, conf)
+    dr, states = run("pg15_to_pg16_upgrade", conf)
+    _ok(dr, states)
+    plan = RunState.for_run("pg15_to_pg16_upgrade", dr.run_id, STATE).load("plan")
+    assert plan["method"] == "dump_restore" and "regproc" in plan["method_reason"], plan["method_reason"]
+    with connect(old, APP_DB) as conn:
+        assert scalar(conn, "SELECT fn::text FROM handlers") == "now"
+    assert served_version(old) == 16
+
+
+def test_missing_extension_library_fails_plan_before_anything_stops(pool):
+    old = pool.new("15.18")
+    with connect(old, APP_DB) as conn, conn.cursor() as cur:
+        cur.execute("CREATE EXTENSION pg_trgm")
+    new16 = installation("16")
+    # the new installation got pg_trgm's SQL files but not its library (a half-installed package)
+    src = Path(installation("15.18").extension_dir)
+    copied = [shutil.copy2(f, new16.extension_dir) for f in src.glob("pg_trgm*")]
+    try:
+        conf = upgrade_conf(pool, old, "16")
+        dr, states = run("pg15_to_pg16_upgrade", conf)
+    finally:
+        for f in copied:
+            os.unlink(f)
+    assert dr.state == "failed" and states["plan.plan"] == "failed", states
+    state = RunState.for_run("pg15_to_pg16_upgrade", dr.run_id, STATE)
+    failure = next(e for e in state.events() if e["event"] == "step" and e["status"] == "failed")
+    assert "pg_trgm" in failure["error"] and "library" in failure["error"], failure
+    assert not state.happened("old_stop_requested") and not state.happened("logins_blocked")
+    assert served_version(old) == 15 and not Path(conf["new_datadir"]).exists()
+
+
+def test_dry_run_changes_nothing(pool):
+    old = pool.new("15.18")
+    conf = upgrade_conf(pool, old, "16", dry_run=True)
+    dr, states = run("pg15_to_pg16_upgrade", conf)
+    _ok(dr, states)
+    assert states["plan.plan"] == "success" and states["stop.stop_old"] == "skipped"
+    assert served_version(old) == 15
+    assert not Path(conf["new_datadir"]).exists() and not Path(conf["backup_dir"]).exists()
+
+
+def test_rehearsal_touches_nothing_in_production(pool):
+    old = pool.new("15.18")
+    conf = upgrade_conf(pool, old, "16", rehearsal=True, dry_run=False)
+    # stop the real run right after the rehearsal: the window has already ended
+    conf["window_end"] = "2000-01-01T00:00:00+00:00"
+    dr, states = run("pg15_to_pg16_upgrade", conf)
+    assert states["prepare.rehearsal"] == "success" and states["stop.window_guard"] == "failed", states
+    state = RunState.for_run("pg15_to_pg16_upgrade", dr.run_id, STATE)
+    step = next(e for e in state.events() if e["event"] == "step" and e["step"] == "rehearsal")
+    assert step["status"] == "success"
+    assert served_version(old) == 15 and not Path(conf["new_datadir"]).exists()
+    assert not state.happened("old_stop_requested")
