@@ -10,14 +10,14 @@ import itertools
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
 from pgupgrade import versions
-from pgupgrade.cluster import Cluster
+from pgupgrade.cluster import Cluster, Service
 from pgupgrade.commands import LocalHost
-from pgupgrade.scratch import InitdbOptions, create_cluster
+from pgupgrade.scratch import InitdbOptions, create_cluster, write_settings
 from pgupgrade.sql import connect
 
 HOST = LocalHost()
@@ -92,6 +92,31 @@ class Pool:
         if seed:
             seed_data(cluster)
         return cluster
+
+    def with_config_outside(self, cluster: Cluster) -> Cluster:
+        """Moves the configuration files out of the data directory, as Debian's pg_createcluster lays them
+        out (data_directory, hba_file and ident_file set in postgresql.conf); restarts the cluster."""
+        svc = Service(cluster, HOST)
+        svc.stop()
+        confdir = str(Path(cluster.datadir).parent / "etc")
+        HOST.run(["mkdir", "-p", confdir], user=OS_USER)
+        for name in ("postgresql.conf", "pg_hba.conf", "pg_ident.conf"):
+            HOST.run(["mv", f"{cluster.datadir}/{name}", f"{confdir}/{name}"], user=OS_USER)
+        moved = replace(cluster, confdir=confdir)
+        write_settings(
+            HOST,
+            f"{confdir}/postgresql.conf",
+            {
+                "data_directory": f"'{cluster.datadir}'",
+                "hba_file": f"'{confdir}/pg_hba.conf'",
+                "ident_file": f"'{confdir}/pg_ident.conf'",
+                "cluster_name": f"'{cluster.name}'",
+            },
+            OS_USER,
+        )
+        Service(moved, HOST).start()
+        self.clusters[self.clusters.index(cluster)] = moved
+        return moved
 
     def track(self, cluster: Cluster) -> Cluster:
         self.clusters.append(cluster)
