@@ -185,3 +185,71 @@ def seed_data(cluster: Cluster, rows: int = 1000) -> None:
         cur.execute(
             "INSERT INTO events SELECT g, jsonb_build_object('n', g) FROM generate_series(1, %s) g", (rows // 2,)
         )
+
+
+class WriteProbe:
+    """An application that never stops: inserts a numbered row every interval, reconnecting after errors, and
+    remembers which inserts the server acknowledged (committed)."""
+
+    def __init__(self, cluster: Cluster, dbname: str = APP_DB, user: str = "app_user", interval: float = 0.05):
+        import threading
+
+        self.cluster, self.dbname, self.user, self.interval = cluster, dbname, user, interval
+        self.acked: list[tuple[int, float]] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def create_table(cluster: Cluster, dbname: str = APP_DB, user: str = "app_user") -> None:
+        from psycopg2 import sql as psql
+
+        with connect(cluster, dbname) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS write_probe (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+            cur.execute(psql.SQL("GRANT ALL ON write_probe TO {}").format(psql.Identifier(user)))
+
+    def _loop(self) -> None:
+        import time
+
+        import psycopg2
+
+        n, conn = 0, None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg2.connect(**{**self.cluster.conninfo(self.dbname), "user": self.user,
+                                               "connect_timeout": 2})
+                    conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO write_probe (id) VALUES (%s)", (n + 1,))
+                n += 1
+                self.acked.append((n, time.monotonic()))
+            except psycopg2.Error:
+                self.errors += 1
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except psycopg2.Error:
+                        pass
+                conn = None
+            self._stop.wait(self.interval)
+        if conn is not None:
+            conn.close()
+
+    def start(self) -> WriteProbe:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def longest_gap(self) -> float:
+        times = [t for _, t in self.acked]
+        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+
+    def missing(self, cluster: Cluster) -> list[int]:
+        with connect(cluster, self.dbname) as conn, conn.cursor() as cur:
+            cur.execute("SELECT id FROM write_probe")
+            present = {r[0] for r in cur.fetchall()}
+        return [i for i, _ in self.acked if i not in present]

@@ -69,3 +69,26 @@ def test_link_mode_upgrade(pool, old_v, new_v):
     assert all(s["seconds"] is not None for s in rep["steps"])
     assert rep["outage"]["seconds"] > 0 and rep["plan"]["transfer_mode"] == "link"
     print(f"{dag_id}: outage {rep['outage']['seconds']}s, server down {rep['server_down_seconds']}s")
+
+
+def test_reconnecting_client_loses_no_acknowledged_write(pool):
+    from pgharness import WriteProbe
+
+    old = pool.new("15.18")
+    WriteProbe.create_table(old)
+    conf = upgrade_conf(pool, old, "16", transfer_mode="link", terminate_after_s=0)
+    track_new(pool, old, conf)
+    probe = WriteProbe(old).start()
+    import time
+
+    time.sleep(1)
+    try:
+        dr, states = run("pg15_to_pg16_upgrade", conf)
+        time.sleep(1)
+    finally:
+        probe.stop()
+    assert dr.state == "success", {t: s for t, s in states.items() if s != "success"}
+    assert len(probe.acked) > 20 and probe.errors > 0  # it wrote before and after, and was refused during
+    assert probe.missing(old) == []
+    assert served_version(old) == 16
+    print(f"write probe: {len(probe.acked)} acknowledged, longest gap {probe.longest_gap():.2f}s")

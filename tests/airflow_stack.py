@@ -1,0 +1,151 @@
+"""A real Airflow 3.3 deployment for end-to-end tests: api-server, scheduler (LocalExecutor) and dag-processor,
+with its metadata database in a PostgreSQL cluster of the test pool. Talks to it over the REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from pgupgrade.cluster import Cluster
+from pgupgrade.sql import connect
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSWORD = "e2e-admin-password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class AirflowStack:
+    def __init__(self, metadata_cluster: Cluster, extra_env: dict[str, str] | None = None) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="pgupgrade-e2e-airflow-"))
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        with connect(metadata_cluster) as conn, conn.cursor() as cur:
+            cur.execute("CREATE DATABASE airflow")
+        (self.home / "passwords.json").write_text(json.dumps({"admin": PASSWORD}))
+        self.env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "8",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
+                f"postgresql+psycopg2://postgres@/airflow?host={metadata_cluster.host}&port={metadata_cluster.port}"
+            ),
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__BASE_URL": self.base,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base}/execution/",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
+            "AIRFLOW_CONN_PGUPGRADE_AIRFLOW_API": json.dumps(
+                {"conn_type": "http", "host": self.base, "login": "admin", "password": PASSWORD}
+            ),
+            **(extra_env or {}),
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._token: str | None = None
+
+    def airflow(self, *args: str) -> str:
+        res = subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True, text=True,
+                             check=True, timeout=300)
+        return res.stdout
+
+    def start(self) -> AirflowStack:
+        self.airflow("db", "migrate")
+        for name in ("api-server", "scheduler", "dag-processor"):
+            log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+            argv = [sys.executable, "-m", "airflow", name] + (["--port", str(self.port)] if name == "api-server" else [])
+            self.procs.append(subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True))
+        self._wait(lambda: requests.get(f"{self.base}/api/v2/monitor/health", timeout=2).ok, 90, "api-server")
+        return self
+
+    def _wait(self, ok: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if ok():
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{what} not ready after {timeout}s; logs in {self.home}")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._token is None:
+            resp = requests.post(f"{self.base}/auth/token", json={"username": "admin", "password": PASSWORD}, timeout=10)
+            resp.raise_for_status()
+            self._token = resp.json()["access_token"]
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def api(self, method: str, path: str, **kw: Any) -> Any:
+        resp = requests.request(method, f"{self.base}/api/v2{path}", headers=self.headers, timeout=30, **kw)
+        resp.raise_for_status()
+        return resp.json()
+
+    def wait_for_dags(self, dag_ids: list[str], timeout: float = 120) -> None:
+        def ok() -> bool:
+            have = {d["dag_id"] for d in self.api("GET", "/dags", params={"limit": 100})["dags"]}
+            return set(dag_ids) <= have
+
+        self._wait(ok, timeout, f"DAGs {dag_ids}")
+
+    def unpause(self, dag_id: str) -> None:
+        self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str) -> str:
+        self.api("POST", f"/dags/{dag_id}/dagRuns", json={"dag_run_id": run_id, "logical_date": None, "conf": conf})
+        return run_id
+
+    def run_state(self, dag_id: str, run_id: str) -> str | None:
+        try:
+            return str(self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"])
+        except requests.HTTPError as exc:
+            if exc.response is not None and exc.response.status_code == 404:
+                return None
+            raise
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.run_state(dag_id, run_id)
+            if state in ("success", "failed"):
+                return state
+            time.sleep(1)
+        raise TimeoutError(f"{dag_id}/{run_id} did not finish in {timeout}s; logs in {self.home}")
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 200})
+        return {t["task_id"]: t["state"] for t in tis["task_instances"]}
+
+    def stop(self) -> None:
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=10)
