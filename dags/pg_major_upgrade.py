@@ -2,8 +2,8 @@
 # PostgreSQL major-version upgrade (pg15-to-pg16, pg16-to-pg17, pg17-to-pg18)
 
 One DAG per guide, all from one factory, plus `pg_major_upgrade`, which goes from any supported major straight
-to `target_major` (pg_upgrade and dump/restore both support skipping majors). Each task is a step of the runbook; the run's journal, plan, facts
-and report live in the state directory (`PGUPGRADE_STATE_DIR`), so a rollback decides from facts on disk.
+to `target_major` (pg_upgrade and dump/restore both support skipping majors). Each task is a step of the
+runbook; the run's journal, plan, facts and report live in the state directory (`PGUPGRADE_STATE_DIR`), so a rollback decides from facts on disk.
 
 ## Prerequisites
 - The new major installed beside the old one (`new_bindir`, or found automatically), with every extension the
@@ -51,7 +51,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, TaskGroup, TriggerRule, task
 
 from pgupgrade import major
@@ -89,14 +88,22 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
         on_failure_callback=rt.rollback_callback(ROLLBACK_DAG_ID),
     ) as dag:
         with TaskGroup("plan") as g_plan:
-            check_rb = task(task_id="check_rollback_dag", doc_md="Fails unless the rollback DAG exists and is "
-                            "unpaused.")(lambda: rt.check_rollback_dag(ROLLBACK_DAG_ID))()
-            validate = task(task_id="validate_params", doc_md="Rejects bad conf, naming the field; no side "
-                            "effects.")(lambda: rt.validated(F, major.cross_checks) and "params valid")()
-            lock = step("acquire_lock", lambda rc: rc.lock.acquire(rc.dag_id, rc.run_id, rt.dagrun_alive),
-                        "Per-cluster lock: two runs on one cluster never overlap.")
-            plan = step("plan", lambda rc: rc.state.save("plan", major.plan(rc)) and _plan(rc),
-                        "Support matrix, blockers, extensions, space, method, estimate. No side effects.")
+            check_rb = task(
+                task_id="check_rollback_dag", doc_md="Fails unless the rollback DAG exists and is unpaused."
+            )(lambda: rt.check_rollback_dag(ROLLBACK_DAG_ID))()
+            validate = task(task_id="validate_params", doc_md="Rejects bad conf, naming the field; no side effects.")(
+                lambda: rt.validated(F, major.cross_checks) and "params valid"
+            )()
+            lock = step(
+                "acquire_lock",
+                lambda rc: rc.lock.acquire(rc.dag_id, rc.run_id, rt.dagrun_alive),
+                "Per-cluster lock: two runs on one cluster never overlap.",
+            )
+            plan = step(
+                "plan",
+                lambda rc: rc.state.save("plan", major.plan(rc)) and _plan(rc),
+                "Support matrix, blockers, extensions, space, method, estimate. No side effects.",
+            )
 
             @task.short_circuit(task_id="dry_run_gate", ignore_downstream_trigger_rules=False)
             def dry_run_gate(plan_: dict[str, Any], **context: Any) -> bool:
@@ -113,49 +120,90 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
             check_rb >> validate >> lock >> plan
 
         with TaskGroup("prepare") as g_prepare:
-            bkp = step("backup", lambda rc: major.take_backup(rc, _plan(rc)),
-                       "Globals + pg_dump -Fd -j N per database, verified with pg_restore -l, checksummed.")
-            rehearse = step("rehearsal", lambda rc: major.rehearsal(rc, _plan(rc)),
-                            "Optional: the same upgrade on a scratch copy restored from the backup.")
+            bkp = step(
+                "backup",
+                lambda rc: major.take_backup(rc, _plan(rc)),
+                "Globals + pg_dump -Fd -j N per database, verified with pg_restore -l, checksummed.",
+            )
+            rehearse = step(
+                "rehearsal",
+                lambda rc: major.rehearsal(rc, _plan(rc)),
+                "Optional: the same upgrade on a scratch copy restored from the backup.",
+            )
             bkp >> rehearse
 
         with TaskGroup("stop") as g_stop:
-            window = step("window_guard", lambda rc: major.window_guard(rc, _plan(rc)["outage_estimate_s"]),
-                          "Refuses to start the outage when the estimate does not fit the window.")
+            window = step(
+                "window_guard",
+                lambda rc: major.window_guard(rc, _plan(rc)["outage_estimate_s"]),
+                "Refuses to start the outage when the estimate does not fit the window.",
+            )
             block = step("block_logins", major.block_logins, "NOLOGIN for every login role but ours (recorded).")
-            no_clients = rt.sensor_task("wait_no_clients", major.clients_gone, F, spec, "connection_wait_timeout_s",
-                                        "No client sessions left (terminated after terminate_after_s if set).")
-            queue = rt.sensor_task("wait_queue_empty", lambda rc: major.queue_empty(rc, _plan(rc)["databases"]), F,
-                                   spec, "queue_wait_timeout_s", "The extension's queue is empty.")
-            snap = step("snapshot_facts", lambda rc: major.snapshot(rc, _plan(rc)),
-                        "Databases, roles, row counts, sizes, WAL position (content checksums if asked).")
+            no_clients = rt.sensor_task(
+                "wait_no_clients",
+                major.clients_gone,
+                F,
+                spec,
+                "connection_wait_timeout_s",
+                "No client sessions left (terminated after terminate_after_s if set).",
+            )
+            queue = rt.sensor_task(
+                "wait_queue_empty",
+                lambda rc: major.queue_empty(rc, _plan(rc)["databases"]),
+                F,
+                spec,
+                "queue_wait_timeout_s",
+                "The extension's queue is empty.",
+            )
+            snap = step(
+                "snapshot_facts",
+                lambda rc: major.snapshot(rc, _plan(rc)),
+                "Databases, roles, row counts, sizes, WAL position (content checksums if asked).",
+            )
             stop = step("stop_old", major.stop_old, "Clean (fast) shutdown of the old cluster, confirmed down.")
             window >> block >> no_clients >> queue >> snap >> stop
 
         with TaskGroup("upgrade") as g_upgrade:
+
             @task.branch(task_id="choose_method")
             def choose_method(plan_: dict[str, Any]) -> str:
                 """Follows the method the plan chose before the outage."""
                 return f"upgrade.{plan_['method']}"
 
             branch = choose_method(plan)
-            pgu = step("pg_upgrade", lambda rc: major.run_pg_upgrade(rc, _plan(rc)),
-                       "initdb matching the old cluster, then pg_upgrade in the planned transfer mode.")
-            dr = step("dump_restore", lambda rc: major.run_dump_restore(rc, _plan(rc)),
-                      "initdb matching the old cluster, pg_dump -Fd -j N / pg_restore -j N per database.")
+            pgu = step(
+                "pg_upgrade",
+                lambda rc: major.run_pg_upgrade(rc, _plan(rc)),
+                "initdb matching the old cluster, then pg_upgrade in the planned transfer mode.",
+            )
+            dr = step(
+                "dump_restore",
+                lambda rc: major.run_dump_restore(rc, _plan(rc)),
+                "initdb matching the old cluster, pg_dump -Fd -j N / pg_restore -j N per database.",
+            )
             branch >> [pgu, dr]
 
         with TaskGroup("configure") as g_conf:
-            conf = step("configure_new", lambda rc: major.configure_new(rc, _plan(rc)),
-                        "Old configuration carried over: paths rewritten, removed settings dropped, auto.conf "
-                        "merged, port and sockets kept.", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-            start = step("start_new_private", lambda rc: major.start_new_private(rc, _plan(rc)),
-                         "Marker first, then start where clients cannot reach it.")
+            conf = step(
+                "configure_new",
+                lambda rc: major.configure_new(rc, _plan(rc)),
+                "Old configuration carried over: paths rewritten, removed settings dropped, auto.conf "
+                "merged, port and sockets kept.",
+                trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+            )
+            start = step(
+                "start_new_private",
+                lambda rc: major.start_new_private(rc, _plan(rc)),
+                "Marker first, then start where clients cannot reach it.",
+            )
             conf >> start
 
         with TaskGroup("extension") as g_ext:
-            ext = step("update_extensions", lambda rc: major.update_extensions(rc, _plan(rc)),
-                       "update_extensions.sql; version, metadata count, no errors, triggers enabled and firing.")
+            step(
+                "update_extensions",
+                lambda rc: major.update_extensions(rc, _plan(rc)),
+                "update_extensions.sql; version, metadata count, no errors, triggers enabled and firing.",
+            )
 
         with TaskGroup("validate") as g_val:
             vf = step("validate_facts", lambda rc: major.validate_facts(rc, _plan(rc)), "Facts equal the snapshot.")
@@ -163,8 +211,11 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
             rf = step("refresh_tviews", lambda rc: major.refresh_tviews(rc, _plan(rc)), "Refresh every TVIEW (force).")
             an = step("analyze", lambda rc: major.analyze(rc, _plan(rc)), "vacuumdb --analyze-in-stages.")
             pf = step("performance", lambda rc: major.performance(rc, _plan(rc)), "TVIEW scan times vs before.")
-            op = step("open_to_clients", lambda rc: major.open_to_clients(rc, _plan(rc)),
-                      "Restart on the old port and sockets; logins given back.")
+            op = step(
+                "open_to_clients",
+                lambda rc: major.open_to_clients(rc, _plan(rc)),
+                "Restart on the old port and sockets; logins given back.",
+            )
             vf >> hc >> rf >> an >> pf >> op
 
         rep = step("report", lambda rc: major.write_report(rc, "success"), "JSON + Markdown report.")

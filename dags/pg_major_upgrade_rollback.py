@@ -64,30 +64,52 @@ with DAG(
     params=rt.airflow_params(F),
 ) as dag:
     validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
-    lock = _step("take_lock", lambda rc: rc.lock.acquire(
-        rc.dag_id, rc.run_id, rt.dagrun_alive, heir_of=(rc.params["upgrade_dag_id"], rc.params["upgrade_run_id"])),
-        "Takes the cluster lock over from the upgrade run.")
+    lock = _step(
+        "take_lock",
+        lambda rc: rc.lock.acquire(
+            rc.dag_id, rc.run_id, rt.dagrun_alive, heir_of=(rc.params["upgrade_dag_id"], rc.params["upgrade_run_id"])
+        ),
+        "Takes the cluster lock over from the upgrade run.",
+    )
 
     @task.branch(task_id="assess", doc_md="Chooses the path from the journal and the old data directory.")
     def assess() -> str:
         rc = rt.run_context(F)
-        decision = rt.journaled(rc.state, "assess", lambda: rollback.decide(
-            _upgrade_state(rc), rc.cluster, rc.host, accept_data_loss=rc.params["accept_data_loss"]))
+        decision = rt.journaled(
+            rc.state,
+            "assess",
+            lambda: rollback.decide(
+                _upgrade_state(rc), rc.cluster, rc.host, accept_data_loss=rc.params["accept_data_loss"]
+            ),
+        )
         rc.state.save("decision", decision)
         print(f"rollback path: {decision['path']} — {decision['why']}")
         return "restore_from_backup" if decision["path"] == "restore_backup" else "bring_back_old"
 
-    back = _step("bring_back_old", lambda rc: rollback.bring_back_old(
-        rc.state.load("decision")["path"], _upgrade_state(rc), rc.cluster, rc.host),
-        "Stops the new cluster, restores pg_control if needed, starts the old one, gives logins back.")
-    restore = _step("restore_from_backup", lambda rc: rollback.restore_from_backup(
-        _upgrade_state(rc), rc.cluster, rc.host, accept_data_loss=rc.params["accept_data_loss"]),
-        "Old data directory moved aside, old major initdb'd, backup restored.")
-    verify = _step("verify_old", lambda rc: rollback.verify_old(_upgrade_state(rc), rc.cluster),
-                   "The old version serves with facts equal to the snapshot.",
-                   trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-    report = _step("report", lambda rc: rollback.write_report(rc), "JSON + Markdown report with the path and why.",
-                   trigger_rule=TriggerRule.ALL_DONE)
+    back = _step(
+        "bring_back_old",
+        lambda rc: rollback.bring_back_old(rc.state.load("decision")["path"], _upgrade_state(rc), rc.cluster, rc.host),
+        "Stops the new cluster, restores pg_control if needed, starts the old one, gives logins back.",
+    )
+    restore = _step(
+        "restore_from_backup",
+        lambda rc: rollback.restore_from_backup(
+            _upgrade_state(rc), rc.cluster, rc.host, accept_data_loss=rc.params["accept_data_loss"]
+        ),
+        "Old data directory moved aside, old major initdb'd, backup restored.",
+    )
+    verify = _step(
+        "verify_old",
+        lambda rc: rollback.verify_old(_upgrade_state(rc), rc.cluster),
+        "The old version serves with facts equal to the snapshot.",
+        trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+    )
+    report = _step(
+        "report",
+        lambda rc: rollback.write_report(rc),
+        "JSON + Markdown report with the path and why.",
+        trigger_rule=TriggerRule.ALL_DONE,
+    )
 
     @task(task_id="finish", trigger_rule=TriggerRule.ALL_DONE, doc_md="Releases the lock, or marks it.")
     def finish() -> str:

@@ -64,17 +64,26 @@ class AirflowStack:
         self._token: str | None = None
 
     def airflow(self, *args: str) -> str:
-        res = subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True, text=True,
-                             check=True, timeout=300)
+        res = subprocess.run(
+            [sys.executable, "-m", "airflow", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
         return res.stdout
 
     def start(self) -> AirflowStack:
         self.airflow("db", "migrate")
         for name in ("api-server", "scheduler", "dag-processor"):
-            log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-            argv = [sys.executable, "-m", "airflow", name] + (["--port", str(self.port)] if name == "api-server" else [])
-            self.procs.append(subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                               start_new_session=True))
+            log = open(self.home / f"{name}.log", "wb")
+            argv = [sys.executable, "-m", "airflow", name] + (
+                ["--port", str(self.port)] if name == "api-server" else []
+            )
+            self.procs.append(
+                subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            )
         self._wait(lambda: requests.get(f"{self.base}/api/v2/monitor/health", timeout=2).ok, 90, "api-server")
         return self
 
@@ -92,7 +101,9 @@ class AirflowStack:
     @property
     def headers(self) -> dict[str, str]:
         if self._token is None:
-            resp = requests.post(f"{self.base}/auth/token", json={"username": "admin", "password": PASSWORD}, timeout=10)
+            resp = requests.post(
+                f"{self.base}/auth/token", json={"username": "admin", "password": PASSWORD}, timeout=10
+            )
             resp.raise_for_status()
             self._token = resp.json()["access_token"]
         return {"Authorization": f"Bearer {self._token}"}

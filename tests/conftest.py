@@ -34,9 +34,9 @@ os.environ.update(
     }
 )
 
-from pgharness import Pool, postmasters_under  # noqa: E402
-
 from pgupgrade.cluster import Cluster  # noqa: E402
+
+from pgharness import Pool, postmasters_under  # noqa: E402
 
 
 @pytest.fixture(scope="session")

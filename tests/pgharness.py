@@ -176,9 +176,7 @@ def seed_data(cluster: Cluster, rows: int = 1000) -> None:
             "SELECT pg_tviews_create('tv_order_totals', 'orders',"
             " 'SELECT customer, sum(amount) AS total, count(*) AS n FROM orders GROUP BY customer')"
         )
-        cur.execute(
-            "SELECT pg_tviews_create('tv_customers', 'customers', 'SELECT name, country FROM customers')"
-        )
+        cur.execute("SELECT pg_tviews_create('tv_customers', 'customers', 'SELECT name, country FROM customers')")
         cur.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_user")
     with connect(cluster, "reporting") as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE events (id bigint PRIMARY KEY, payload jsonb)")
@@ -217,8 +215,9 @@ class WriteProbe:
         while not self._stop.is_set():
             try:
                 if conn is None:
-                    conn = psycopg2.connect(**{**self.cluster.conninfo(self.dbname), "user": self.user,
-                                               "connect_timeout": 2})
+                    conn = psycopg2.connect(
+                        **{**self.cluster.conninfo(self.dbname), "user": self.user, "connect_timeout": 2}
+                    )
                     conn.autocommit = True
                 with conn.cursor() as cur:
                     cur.execute("INSERT INTO write_probe (id) VALUES (%s)", (n + 1,))
@@ -246,7 +245,7 @@ class WriteProbe:
 
     def longest_gap(self) -> float:
         times = [t for _, t in self.acked]
-        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     def missing(self, cluster: Cluster) -> list[int]:
         with connect(cluster, self.dbname) as conn, conn.cursor() as cur:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ GLOBALS = "globals.sql"
 
 def _files(host: Host, root: str, user: str) -> dict[str, dict[str, Any]]:
     listing = host.run(["find", root, "-type", "f", "-printf", "%s\\t%P\\n"], user=user, timeout=600).stdout
-    files = {}
+    files: dict[str, dict[str, Any]] = {}
     for line in listing.splitlines():
         size, rel = line.split("\t", 1)
         files[rel] = {"size": int(size)}
@@ -50,7 +51,7 @@ def take(
         toc = host.run([f"{bindir}/pg_restore", "-l", target], user=user, timeout=600).stdout
         entries = [line for line in toc.splitlines() if line and not line.startswith(";")]  # readable
         dumps[db] = {"dir": target, "toc_entries": len(entries)}
-    manifest = {
+    manifest: dict[str, Any] = {
         "cluster": cluster.name,
         "backup_dir": backup_dir,
         "started": started,
@@ -96,3 +97,78 @@ def restore(cluster: Cluster, host: Host, manifest: dict[str, Any], *, jobs: int
 
 def default_dir(root: Path, cluster_name: str, run_id: str) -> str:
     return str(root / "backups" / safe_name(cluster_name) / safe_name(run_id))
+
+
+# -- custom-format dumps, one file per database (the extension-upgrade DAGs) ------------------------------
+
+_TOC_LINE_RE = re.compile(r"^\d+; \d+ \d+ (?P<rest>.*)$")
+
+
+def toc(host: Host, path: str, user: str, bindir: str) -> list[str]:
+    """The archive's table of contents (``pg_restore -l``) without comment lines: reading it proves the archive
+    is complete and readable."""
+    out = host.run([f"{bindir}/pg_restore", "-l", path], user=user, timeout=600).stdout
+    return [line for line in out.splitlines() if line.strip() and not line.startswith(";")]
+
+
+def toc_has(entries: list[str], desc: str, schema: str, name: str) -> bool:
+    """Whether a TOC entry of that kind (``TABLE DATA``, ``EXTENSION`` ...) names schema.name."""
+    wanted = f"{desc} {schema} {name} "
+    for line in entries:
+        m = _TOC_LINE_RE.match(line)
+        if m and (m.group("rest") + " ").startswith(wanted):
+            return True
+    return False
+
+
+def dump_custom(
+    cluster: Cluster,
+    host: Host,
+    backup_dir: str,
+    databases: list[str],
+    *,
+    bindir: str | None = None,
+    required: dict[str, list[tuple[str, str, str]]] | None = None,
+) -> dict[str, Any]:
+    """``pg_dump -Fc`` of each database into backup_dir (created, must be empty), each archive listed with
+    ``pg_restore -l`` (entry count recorded; every ``required[db]`` entry (desc, schema, name) must be in it),
+    files checksummed for :func:`verify`. The database name reaches pg_dump through PGDATABASE, never argv."""
+    bindir = bindir or cluster.bindir
+    user = cluster.os_user
+    host.run(["mkdir", "-p", "-m", "0700", backup_dir], user=user)
+    if host.run(["find", backup_dir, "-mindepth", "1", "-print", "-quit"], user=user).stdout.strip():
+        raise CheckFailed(f"backup_dir {backup_dir} is not empty; give each run its own directory")
+    started = now_iso()
+    dumps: dict[str, dict[str, Any]] = {}
+    for db in databases:
+        target = f"{backup_dir}/db-{safe_name(db)}.dump"
+        host.run([f"{bindir}/pg_dump", "-Fc", "-f", target], user=user, env=cluster.libpq_env(db), timeout=24 * 3600)
+        entries = toc(host, target, user, bindir)
+        missing = [f"{d} {s}.{n}" for d, s, n in (required or {}).get(db, []) if not toc_has(entries, d, s, n)]
+        if missing:
+            raise CheckFailed(f"backup of {db} ({target}) lacks TOC entries: {', '.join(missing)}")
+        dumps[db] = {"file": target, "toc_entries": len(entries)}
+    manifest: dict[str, Any] = {
+        "format": "custom",
+        "cluster": cluster.name,
+        "backup_dir": backup_dir,
+        "started": started,
+        "finished": now_iso(),
+        "bindir": bindir,
+        "databases": dumps,
+        "files": _files(host, backup_dir, user),
+    }
+    manifest["total_bytes"] = sum(f["size"] for f in manifest["files"].values())
+    return manifest
+
+
+def restore_custom(cluster: Cluster, host: Host, archive: str, db: str, *, bindir: str | None = None) -> None:
+    """``pg_restore --clean --if-exists --single-transaction`` of one archive into an existing database: all or
+    nothing (a failure leaves the database as it was). Objects the archive does not know are left alone."""
+    from psycopg2.extensions import make_dsn
+
+    bindir = bindir or cluster.bindir
+    argv = [f"{bindir}/pg_restore", "--clean", "--if-exists", "--single-transaction", "--exit-on-error",
+            "-d", make_dsn(dbname=db), archive]  # fmt: skip
+    host.run(argv, user=cluster.os_user, env=cluster.libpq_env(db), timeout=24 * 3600)
+    log.info("restored %s from %s", db, archive)

@@ -36,24 +36,60 @@ def upgrade_blockers(cluster: Cluster, old_major: int, databases: list[str]) -> 
     out: list[Blocker] = []
     with connect(cluster) as conn:
         for s in fetch_named(conn, "standbys"):
-            out.append(Blocker("standby", f"standby {s['application_name']} ({s['client_addr']}) streams from "
-                               "this cluster; it must be rebuilt after the upgrade", "ack_standbys", False))
+            out.append(
+                Blocker(
+                    "standby",
+                    f"standby {s['application_name']} ({s['client_addr']}) streams from "
+                    "this cluster; it must be rebuilt after the upgrade",
+                    "ack_standbys",
+                    False,
+                )
+            )
         for s in fetch_named(conn, "replication-slots"):
             lost = s["slot_type"] == "physical" or old_major < 17
             if lost:
-                out.append(Blocker("replication_slot", f"{s['slot_type']} slot {s['slot_name']} will not exist in "
-                                   "the new cluster", "ack_replication_slots", False))
+                out.append(
+                    Blocker(
+                        "replication_slot",
+                        f"{s['slot_type']} slot {s['slot_name']} will not exist in the new cluster",
+                        "ack_replication_slots",
+                        False,
+                    )
+                )
         for s in fetch_named(conn, "subscriptions"):
-            out.append(Blocker("subscription", f"subscription {s['subname']} in {s['datname']} is carried "
-                               "disabled and must be re-enabled and re-synced by hand", "ack_subscriptions", False))
+            out.append(
+                Blocker(
+                    "subscription",
+                    f"subscription {s['subname']} in {s['datname']} is carried "
+                    "disabled and must be re-enabled and re-synced by hand",
+                    "ack_subscriptions",
+                    False,
+                )
+            )
         for x in fetch_named(conn, "prepared-xacts"):
-            out.append(Blocker("prepared_transaction", f"prepared transaction {x['gid']} in {x['database']} "
-                               "(COMMIT PREPARED or ROLLBACK PREPARED it first)", None, True, True))
+            out.append(
+                Blocker(
+                    "prepared_transaction",
+                    f"prepared transaction {x['gid']} in {x['database']} "
+                    "(COMMIT PREPARED or ROLLBACK PREPARED it first)",
+                    None,
+                    True,
+                    True,
+                )
+            )
     for db in databases:
         with connect(cluster, db) as conn:
             for c in fetch_named(conn, "reg-columns"):
-                out.append(Blocker("reg_column", f"{db}.{c['schema']}.{c['table_name']}.{c['column_name']} is of "
-                                   f"type {c['type_name']}, which pg_upgrade cannot carry", None, True, False))
+                out.append(
+                    Blocker(
+                        "reg_column",
+                        f"{db}.{c['schema']}.{c['table_name']}.{c['column_name']} is of "
+                        f"type {c['type_name']}, which pg_upgrade cannot carry",
+                        None,
+                        True,
+                        False,
+                    )
+                )
     return out
 
 
@@ -174,10 +210,17 @@ def health(cluster: Cluster, databases: list[str], profile: ExtensionProfile | N
             if profile and profile.installed_version(conn):
                 problems = profile.problems(conn)
                 queue = profile.queue_size(conn)
-                rows.append({"database": db, "check": f"{profile.extname} version", "ok": True,
-                             "detail": profile.reported_version(conn)})
-                rows.append({"database": db, "check": "no metadata errors", "ok": not problems,
-                             "detail": "; ".join(problems)})
+                rows.append(
+                    {
+                        "database": db,
+                        "check": f"{profile.extname} version",
+                        "ok": True,
+                        "detail": profile.reported_version(conn),
+                    }
+                )
+                rows.append(
+                    {"database": db, "check": "no metadata errors", "ok": not problems, "detail": "; ".join(problems)}
+                )
                 rows.append({"database": db, "check": "queue empty", "ok": queue == 0, "detail": str(queue)})
     return rows
 

@@ -216,9 +216,7 @@ class Service:
 
     def accepts_connections(self) -> bool:
         c = self.cluster
-        res = self.host.run(
-            [c.bin("pg_isready"), "-h", c.host, "-p", str(c.port), "-t", "2"], check=False, timeout=30
-        )
+        res = self.host.run([c.bin("pg_isready"), "-h", c.host, "-p", str(c.port), "-t", "2"], check=False, timeout=30)
         return res.exit_code == 0
 
     def wait_ready(self, timeout: float = 120) -> float:

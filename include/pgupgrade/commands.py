@@ -137,9 +137,7 @@ class LocalHost:
         except subprocess.TimeoutExpired as exc:
             out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
             err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-            raise CommandError(
-                [self.redactor(a) for a in argv], None, self.redactor(err), self.redactor(out)
-            ) from None
+            raise CommandError([self.redactor(a) for a in argv], None, self.redactor(err), self.redactor(out)) from None
         except FileNotFoundError as exc:
             raise CommandError([self.redactor(a) for a in argv], 127, str(exc)) from None
         result = Result(

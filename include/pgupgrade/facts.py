@@ -45,9 +45,9 @@ def snapshot(cluster: Cluster, *, content: bool = False) -> Facts:
                 if content:
                     entry["md5"] = scalar(
                         conn,
-                        psql.SQL("SELECT md5(coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '')) FROM {} x").format(
-                            rel
-                        ),
+                        psql.SQL(
+                            "SELECT md5(coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '')) FROM {} x"
+                        ).format(rel),
                     )
                 tables[f"{t['schema']}.{t['name']}"] = entry
             extensions = {r["extname"]: r["extversion"] for r in fetch_named(conn, "extensions")}
@@ -59,15 +59,19 @@ def compare(before: Facts, after: Facts, *, same_extension_versions: bool = Fals
     """Differences that mean data was lost or changed; sizes and WAL positions are not compared."""
     diffs: list[str] = []
     if set(before["roles"]) != set(after["roles"]):
-        diffs.append(f"roles differ: missing {sorted(set(before['roles']) - set(after['roles']))}, "
-                     f"extra {sorted(set(after['roles']) - set(before['roles']))}")
+        diffs.append(
+            f"roles differ: missing {sorted(set(before['roles']) - set(after['roles']))}, "
+            f"extra {sorted(set(after['roles']) - set(before['roles']))}"
+        )
     b_dbs, a_dbs = before["databases"], after["databases"]
     if set(b_dbs) != set(a_dbs):
         diffs.append(f"databases differ: before {sorted(b_dbs)}, after {sorted(a_dbs)}")
     for name in sorted(set(b_dbs) & set(a_dbs)):
         bt, at = b_dbs[name]["tables"], a_dbs[name]["tables"]
         if set(bt) != set(at):
-            diffs.append(f"{name}: tables differ: missing {sorted(set(bt) - set(at))}, extra {sorted(set(at) - set(bt))}")
+            diffs.append(
+                f"{name}: tables differ: missing {sorted(set(bt) - set(at))}, extra {sorted(set(at) - set(bt))}"
+            )
         for table in sorted(set(bt) & set(at)):
             if bt[table]["rows"] != at[table]["rows"]:
                 diffs.append(f"{name}.{table}: {bt[table]['rows']} rows before, {at[table]['rows']} after")

@@ -30,37 +30,108 @@ log = logging.getLogger(__name__)
 
 FIELDS: list[Field] = [
     *COMMON,
-    Field("new_bindir", "string", "", "New bin directory",
-          "bin directory of the new major's installation (empty: the newest installed of that major).",
-          "New cluster", kind="abs_path"),
-    Field("new_datadir", "string", "", "New data directory",
-          "Data directory of the new cluster; must not exist or be empty (empty: the old path with the major "
-          "number replaced, e.g. /var/lib/postgresql/16/main).", "New cluster", kind="abs_path"),
-    Field("method", "string", "auto", "Method",
-          "auto: pg_upgrade when its --check passes and space allows, dump/restore only for blockers that "
-          "dump/restore avoids.", "Method", enum=("auto", "pg_upgrade", "dump_restore")),
-    Field("transfer_mode", "string", "link", "pg_upgrade transfer mode",
-          "link (fast, old cluster unusable once the new one started), copy, clone, swap (PostgreSQL 18+).",
-          "Method", enum=upgrade.TRANSFER_MODES),
-    Field("rehearsal", "boolean", False, "Rehearsal first",
-          "Restore the backup into a scratch cluster and run the same upgrade there before touching production.",
-          "Method"),
-    Field("ack_standbys", "boolean", False, "Standbys acknowledged",
-          "Go ahead although standbys stream from this cluster (they must be rebuilt).", "Acknowledgements"),
-    Field("ack_replication_slots", "boolean", False, "Replication slots acknowledged",
-          "Go ahead although replication slots will not exist after the upgrade.", "Acknowledgements"),
-    Field("ack_subscriptions", "boolean", False, "Subscriptions acknowledged",
-          "Go ahead although subscriptions are carried disabled.", "Acknowledgements"),
-    Field("perf_threshold_pct", "integer", 100, "Slowdown threshold (%)",
-          "How much slower a TVIEW scan may be after the upgrade than before.", "Validation", minimum=0,
-          maximum=10000),
-    Field("perf_action", "string", "warn", "On slowdown", "warn or fail when the threshold is exceeded.",
-          "Validation", enum=("warn", "fail")),
+    Field(
+        "new_bindir",
+        "string",
+        "",
+        "New bin directory",
+        "bin directory of the new major's installation (empty: the newest installed of that major).",
+        "New cluster",
+        kind="abs_path",
+    ),
+    Field(
+        "new_datadir",
+        "string",
+        "",
+        "New data directory",
+        "Data directory of the new cluster; must not exist or be empty (empty: the old path with the major "
+        "number replaced, e.g. /var/lib/postgresql/16/main).",
+        "New cluster",
+        kind="abs_path",
+    ),
+    Field(
+        "method",
+        "string",
+        "auto",
+        "Method",
+        "auto: pg_upgrade when its --check passes and space allows, dump/restore only for blockers that "
+        "dump/restore avoids.",
+        "Method",
+        enum=("auto", "pg_upgrade", "dump_restore"),
+    ),
+    Field(
+        "transfer_mode",
+        "string",
+        "link",
+        "pg_upgrade transfer mode",
+        "link (fast, old cluster unusable once the new one started), copy, clone, swap (PostgreSQL 18+).",
+        "Method",
+        enum=upgrade.TRANSFER_MODES,
+    ),
+    Field(
+        "rehearsal",
+        "boolean",
+        False,
+        "Rehearsal first",
+        "Restore the backup into a scratch cluster and run the same upgrade there before touching production.",
+        "Method",
+    ),
+    Field(
+        "ack_standbys",
+        "boolean",
+        False,
+        "Standbys acknowledged",
+        "Go ahead although standbys stream from this cluster (they must be rebuilt).",
+        "Acknowledgements",
+    ),
+    Field(
+        "ack_replication_slots",
+        "boolean",
+        False,
+        "Replication slots acknowledged",
+        "Go ahead although replication slots will not exist after the upgrade.",
+        "Acknowledgements",
+    ),
+    Field(
+        "ack_subscriptions",
+        "boolean",
+        False,
+        "Subscriptions acknowledged",
+        "Go ahead although subscriptions are carried disabled.",
+        "Acknowledgements",
+    ),
+    Field(
+        "perf_threshold_pct",
+        "integer",
+        100,
+        "Slowdown threshold (%)",
+        "How much slower a TVIEW scan may be after the upgrade than before.",
+        "Validation",
+        minimum=0,
+        maximum=10000,
+    ),
+    Field(
+        "perf_action",
+        "string",
+        "warn",
+        "On slowdown",
+        "warn or fail when the threshold is exceeded.",
+        "Validation",
+        enum=("warn", "fail"),
+    ),
 ]
 
 # The generic DAG (any supported major to a newer one, e.g. 15 → 17 in one pg_upgrade) adds this field.
-TARGET_MAJOR = Field("target_major", "integer", 18, "Target major", "The major version to upgrade to.", "New cluster",
-                     minimum=16, maximum=18)
+TARGET_MAJOR = Field(
+    "target_major",
+    "integer",
+    18,
+    "Target major",
+    "The major version to upgrade to.",
+    "New cluster",
+    minimum=16,
+    maximum=18,
+)
 SUPPORTED_MAJORS = range(15, 19)
 
 DEFAULT_GB_PER_S = {"copy": 0.2, "dump_restore": 0.09}  # throughput used for outage estimates
@@ -70,8 +141,10 @@ def cross_checks(p: dict[str, Any]) -> None:
     """Checks that involve more than one field (each field was validated on its own already)."""
     if p["transfer_mode"] == "swap" and p["method"] == "dump_restore":
         raise ConfigError("transfer_mode", "swap is a pg_upgrade mode; method dump_restore does not use it")
-    if p["new_datadir"] and p["backup_dir"] and (
-        p["backup_dir"] == p["new_datadir"] or p["backup_dir"].startswith(p["new_datadir"] + "/")
+    if (
+        p["new_datadir"]
+        and p["backup_dir"]
+        and (p["backup_dir"] == p["new_datadir"] or p["backup_dir"].startswith(p["new_datadir"] + "/"))
     ):
         raise ConfigError("backup_dir", "must be outside new_datadir")
 
@@ -82,6 +155,7 @@ def target_major(ctx: RunContext) -> int:
 
 # -- helpers ------------------------------------------------------------------------------------------
 
+
 def _work_dir(new_datadir: str) -> str:
     path = Path(new_datadir)
     return str(path.parent / f".pgupgrade-{path.name}")
@@ -91,7 +165,7 @@ def default_new_datadir(old_datadir: str, old_major: int, new_major: int) -> str
     parts = Path(old_datadir).parts
     if str(old_major) in parts:
         i = len(parts) - 1 - parts[::-1].index(str(old_major))
-        return str(Path(*parts[:i], str(new_major), *parts[i + 1:]))
+        return str(Path(*parts[:i], str(new_major), *parts[i + 1 :]))
     return f"{old_datadir}_{new_major}"
 
 
@@ -109,23 +183,28 @@ def plan(ctx: RunContext) -> dict[str, Any]:
         old_socket_dirs = str(scalar(conn, "SHOW unix_socket_directories"))
     from_major = ctx.spec.get("from_major") or running.major
     if running.major not in SUPPORTED_MAJORS:
-        raise PlanError(f"PostgreSQL {running} is not supported (supported: {SUPPORTED_MAJORS.start}–"
-                        f"{SUPPORTED_MAJORS.stop - 1})")
+        raise PlanError(
+            f"PostgreSQL {running} is not supported (supported: {SUPPORTED_MAJORS.start} to {SUPPORTED_MAJORS.stop - 1})"
+        )
     old_inst = versions.inspect(old.bindir, host)
     if running.major == to_major:
         return {"already_upgraded": True, "running": str(running), "reason": f"cluster already runs {running}"}
     if running.major != from_major or running.major > to_major:
         raise PlanError(f"this DAG upgrades {from_major} to {to_major}; the cluster runs {running}")
     if old_inst.major != running.major:
-        raise PlanError(f"connection extra pg_bindir {old.bindir} is PostgreSQL {old_inst.version}, the server "
-                        f"runs {running}: fix the connection")
+        raise PlanError(
+            f"connection extra pg_bindir {old.bindir} is PostgreSQL {old_inst.version}, the server "
+            f"runs {running}: fix the connection"
+        )
     new_inst = versions.inspect(p["new_bindir"], host) if p["new_bindir"] else versions.for_major(to_major, host=host)
     if new_inst.major != to_major:
         raise PlanError(f"new_bindir {new_inst.bindir} is PostgreSQL {new_inst.version}, not {to_major}")
     warnings: list[str] = []
     if _release_index(new_inst.version) < _release_index(running):
-        warnings.append(f"PostgreSQL {new_inst.version} was released before {running}: fixes in the old minor "
-                        "may be missing in the new one; install the newest minor of the new major")
+        warnings.append(
+            f"PostgreSQL {new_inst.version} was released before {running}: fixes in the old minor "
+            "may be missing in the new one; install the newest minor of the new major"
+        )
     if p["transfer_mode"] == "swap" and new_inst.major < 18:
         raise ConfigError("transfer_mode", f"swap needs PostgreSQL 18 or newer, the new installation is {to_major}")
     new_datadir = p["new_datadir"] or default_new_datadir(old.datadir, running.major, to_major)
@@ -138,8 +217,11 @@ def plan(ctx: RunContext) -> dict[str, Any]:
     refused = [b for b in blockers if b.ack_param and not p.get(b.ack_param)]
     if refused:
         raise PlanError("; ".join(f"{b.detail} (set {b.ack_param}=true to go ahead)" for b in refused))
-    unhealthy = [f"{r['database']}: {r['check']} ({r['detail']})" for r in checks.health(old, dbs, ctx.profile)
-                 if not r["ok"] and r["check"] not in ("queue empty", "no invalid indexes")]
+    unhealthy = [
+        f"{r['database']}: {r['check']} ({r['detail']})"
+        for r in checks.health(old, dbs, ctx.profile)
+        if not r["ok"] and r["check"] not in ("queue empty", "no invalid indexes")
+    ]
     if unhealthy:
         raise PlanError("the old cluster is not healthy; fix this before the upgrade: " + "; ".join(unhealthy))
     invalid = [r for r in checks.health(old, dbs, None) if r["check"] == "no invalid indexes" and not r["ok"]]
@@ -147,8 +229,10 @@ def plan(ctx: RunContext) -> dict[str, Any]:
         warnings.append(f"{r['database']}: invalid indexes are not carried over: {r['detail']}")
     missing = checks.missing_extensions(old, dbs, new_inst, host)
     if missing:
-        raise PlanError("the new installation lacks extensions, neither pg_upgrade nor dump/restore can carry "
-                        "them: " + "; ".join(missing))
+        raise PlanError(
+            "the new installation lacks extensions, neither pg_upgrade nor dump/restore can carry "
+            "them: " + "; ".join(missing)
+        )
     with connect(old) as conn:
         data_bytes = sum(int(scalar(conn, "SELECT pg_database_size(%s)", (d,))) for d in dbs)
     relations = 0
@@ -159,8 +243,9 @@ def plan(ctx: RunContext) -> dict[str, Any]:
     preload = upgrade.preload_libraries(old)
     missing_libs = checks.missing_libraries(preload, new_inst, host)
     if missing_libs:
-        raise PlanError("shared_preload_libraries names libraries the new installation lacks: "
-                        + ", ".join(missing_libs))
+        raise PlanError(
+            "shared_preload_libraries names libraries the new installation lacks: " + ", ".join(missing_libs)
+        )
 
     method, why, check_output = _choose_method(ctx, old_inst, new_inst, new_datadir, options, preload, blockers)
     mode = p["transfer_mode"] if method == "pg_upgrade" else None
@@ -175,18 +260,32 @@ def plan(ctx: RunContext) -> dict[str, Any]:
         if free_new < need_backup + need_new:
             raise PlanError(f"{free_new} bytes free for backup and new cluster, need {need_backup + need_new}")
     elif free_backup < need_backup or free_new < need_new:
-        raise PlanError(f"not enough space: backup needs {need_backup} (free {free_backup}), new cluster "
-                        f"{need_new} (free {free_new})")
+        raise PlanError(
+            f"not enough space: backup needs {need_backup} (free {free_backup}), new cluster "
+            f"{need_new} (free {free_new})"
+        )
     if mode in ("link", "clone", "swap") and not checks.same_filesystem(host, old.datadir, new_datadir):
-        raise PlanError(f"{mode} mode needs old and new data directories on one filesystem; use transfer_mode=copy "
-                        "or a new_datadir on the old one's filesystem")
+        raise PlanError(
+            f"{mode} mode needs old and new data directories on one filesystem; use transfer_mode=copy "
+            "or a new_datadir on the old one's filesystem"
+        )
     estimate = _estimate(method, mode, relations, data_bytes)
     return {
         "already_upgraded": False,
-        "old": {"version": str(running), "bindir": old.bindir, "datadir": old.datadir, "confdir": old.confdir,
-                "port": old.port, "socket_dirs": old_socket_dirs},
-        "new": {"version": str(new_inst.version), "bindir": new_inst.bindir, "datadir": new_datadir,
-                "sharedir": new_inst.sharedir},
+        "old": {
+            "version": str(running),
+            "bindir": old.bindir,
+            "datadir": old.datadir,
+            "confdir": old.confdir,
+            "port": old.port,
+            "socket_dirs": old_socket_dirs,
+        },
+        "new": {
+            "version": str(new_inst.version),
+            "bindir": new_inst.bindir,
+            "datadir": new_datadir,
+            "sharedir": new_inst.sharedir,
+        },
         "databases": dbs,
         "data_bytes": data_bytes,
         "relations": relations,
@@ -215,8 +314,13 @@ def _estimate(method: str, mode: str | None, relations: int, data_bytes: int) ->
 
 
 def _choose_method(
-    ctx: RunContext, old_inst: versions.Installation, new_inst: versions.Installation, new_datadir: str,
-    options: InitdbOptions, preload: str, blockers: list[checks.Blocker],
+    ctx: RunContext,
+    old_inst: versions.Installation,
+    new_inst: versions.Installation,
+    new_datadir: str,
+    options: InitdbOptions,
+    preload: str,
+    blockers: list[checks.Blocker],
 ) -> tuple[str, str, str]:
     wanted = ctx.params["method"]
     if wanted == "dump_restore":
@@ -255,10 +359,17 @@ def pg_upgrade_check(
         if preload:
             _set_preload(host, scratch_data, preload, old.os_user)
         sock = upgrade.make_socket_dir(host, upgrade.socket_path(f"{work}/sock"), old.os_user)
-        argv = upgrade.pg_upgrade_argv(old, new_inst, scratch_data, mode=ctx.params["transfer_mode"] if
-                                       ctx.params["transfer_mode"] != "swap" else "link", jobs=ctx.params["jobs"],
-                                       socket_dir=sock, check=True, old_port=old.port,
-                                       new_port=old.port + 1)
+        argv = upgrade.pg_upgrade_argv(
+            old,
+            new_inst,
+            scratch_data,
+            mode=ctx.params["transfer_mode"] if ctx.params["transfer_mode"] != "swap" else "link",
+            jobs=ctx.params["jobs"],
+            socket_dir=sock,
+            check=True,
+            old_port=old.port,
+            new_port=old.port + 1,
+        )
         try:
             res = host.run(argv, user=old.os_user, cwd=work, timeout=3600)
             return "Clusters are compatible" in res.stdout, res.stdout
@@ -280,6 +391,7 @@ def _set_preload(host: Any, datadir: str, preload: str, user: str) -> None:
 
 # -- preparation ----------------------------------------------------------------------------------------
 
+
 def take_backup(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     old = ctx.cluster
     if ctx.state.has("backup"):
@@ -294,6 +406,7 @@ def take_backup(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- stop -----------------------------------------------------------------------------------------------
+
 
 def window_guard(ctx: RunContext, estimate_s: float) -> str:
     end = ctx.params["window_end"]
@@ -327,8 +440,12 @@ def clients_gone(ctx: RunContext) -> bool:
     blocked = ctx.state.first("logins_blocked")
     since = dt.datetime.fromisoformat(blocked["at"]) if blocked else dt.datetime.now(dt.UTC)
     waited = (dt.datetime.now(dt.UTC) - since).total_seconds()
-    log.info("%d client sessions left after %.0fs: %s", len(sessions), waited,
-             ", ".join(f"{s['usename']}@{s['datname']} pid {s['pid']}" for s in sessions[:10]))
+    log.info(
+        "%d client sessions left after %.0fs: %s",
+        len(sessions),
+        waited,
+        ", ".join(f"{s['usename']}@{s['datname']} pid {s['pid']}" for s in sessions[:10]),
+    )
     if grace >= 0 and waited >= grace:
         n = checks.terminate_clients(ctx.cluster)
         ctx.state.record("clients_terminated", count=n)
@@ -355,8 +472,11 @@ def extension_facts(cluster: Cluster, databases: list[str], ctx: RunContext) -> 
                 started = time.perf_counter()
                 scalar(conn, psql.SQL("SELECT count(*) FROM {}").format(psql.Identifier(entity)))
                 timings[entity] = time.perf_counter() - started
-            out[db] = {"version": ctx.profile.installed_version(conn),
-                       "metadata_rows": len(ctx.profile.metadata_rows(conn)), "scan_s": timings}
+            out[db] = {
+                "version": ctx.profile.installed_version(conn),
+                "metadata_rows": len(ctx.profile.metadata_rows(conn)),
+                "scan_s": timings,
+            }
     return out
 
 
@@ -375,6 +495,7 @@ def stop_old(ctx: RunContext) -> None:
 
 # -- upgrade --------------------------------------------------------------------------------------------
 
+
 def _new_cluster(ctx: RunContext, plan_: dict[str, Any], *, private: bool) -> Cluster:
     c = ctx.cluster.with_installation(plan_["new"]["bindir"], plan_["new"]["datadir"])
     if private:
@@ -388,8 +509,11 @@ def _sock(plan_: dict[str, Any], name: str) -> str:
 
 def run_pg_upgrade(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     old, host = ctx.cluster, ctx.host
-    ctx.state.refuse_if("transfer_started", "pg_upgrade already ran (or began) for this run; refusing to run it "
-                        "twice on a half-built directory: trigger the rollback DAG")
+    ctx.state.refuse_if(
+        "transfer_started",
+        "pg_upgrade already ran (or began) for this run; refusing to run it "
+        "twice on a half-built directory: trigger the rollback DAG",
+    )
     new_inst = versions.inspect(plan_["new"]["bindir"], host)
     new_datadir = plan_["new"]["datadir"]
     work = plan_["work_dir"]
@@ -398,8 +522,17 @@ def run_pg_upgrade(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     upgrade.prepare_new_cluster(old, new_inst, new_datadir, InitdbOptions(**plan_["initdb"]), host)
     if plan_["shared_preload_libraries"]:
         _set_preload(host, new_datadir, plan_["shared_preload_libraries"], old.os_user)
-    argv = upgrade.pg_upgrade_argv(old, new_inst, new_datadir, mode=plan_["transfer_mode"], jobs=ctx.params["jobs"],
-                                   socket_dir=sock, check=False, old_port=old.port, new_port=old.port + 1)
+    argv = upgrade.pg_upgrade_argv(
+        old,
+        new_inst,
+        new_datadir,
+        mode=plan_["transfer_mode"],
+        jobs=ctx.params["jobs"],
+        socket_dir=sock,
+        check=False,
+        old_port=old.port,
+        new_port=old.port + 1,
+    )
     ctx.state.record("transfer_started", method="pg_upgrade", mode=plan_["transfer_mode"])
     try:
         res = upgrade.run_pg_upgrade(argv, host, old.os_user, work, timeout=24 * 3600)
@@ -426,8 +559,7 @@ def run_dump_restore(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
         upgrade.start_private(new_private, host, new_private.host)
         dump_dir = f"{work}/dump"
         host.run(["rm", "-rf", "--", dump_dir], user=old.os_user)
-        upgrade.dump_restore(old_private, new_private, host, dump_dir, plan_["databases"], ctx.params["jobs"],
-                             new_inst)
+        upgrade.dump_restore(old_private, new_private, host, dump_dir, plan_["databases"], ctx.params["jobs"], new_inst)
         host.run(["rm", "-rf", "--", dump_dir], user=old.os_user)
     finally:
         Service(old_private, host).stop("fast")
@@ -454,13 +586,17 @@ def start_new_private(ctx: RunContext, plan_: dict[str, Any]) -> None:
 
 # -- extension and validation ----------------------------------------------------------------------------
 
+
 def update_extensions(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     new_private = _new_cluster(ctx, plan_, private=True)
     script = f"{plan_['work_dir']}/update_extensions.sql"
     ran = False
     if exists(ctx.host, script, ctx.cluster.os_user):
-        ctx.host.run([new_private.bin("psql"), "-X", "-v", "ON_ERROR_STOP=1", "-f", script],
-                     user=ctx.cluster.os_user, env=new_private.libpq_env("postgres"))
+        ctx.host.run(
+            [new_private.bin("psql"), "-X", "-v", "ON_ERROR_STOP=1", "-f", script],
+            user=ctx.cluster.os_user,
+            env=new_private.libpq_env("postgres"),
+        )
         ran = True
     before = ctx.state.load("facts_before")["extension"]
     result: dict[str, Any] = {"update_extensions_sql": ran, "databases": {}}
@@ -470,8 +606,11 @@ def update_extensions(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
             rows = len(ctx.profile.metadata_rows(conn))
             problems = ctx.profile.problems(conn)
             not_firing = ctx.profile.trigger_fires(conn)
-        disabled = [r for r in checks.health(new_private, [db], ctx.profile)
-                    if r["check"].startswith("no disabled triggers") and not r["ok"]]
+        disabled = [
+            r
+            for r in checks.health(new_private, [db], ctx.profile)
+            if r["check"].startswith("no disabled triggers") and not r["ok"]
+        ]
         errors = []
         if rows != prev["metadata_rows"]:
             errors.append(f"{prev['metadata_rows']} metadata rows before, {rows} after")
@@ -500,8 +639,9 @@ def health_check(ctx: RunContext, plan_: dict[str, Any]) -> list[dict[str, Any]]
     rows = checks.health(new_private, plan_["databases"], ctx.profile)
     failed = [r for r in rows if not r["ok"] and r["check"] != "queue empty"]
     if failed:
-        raise CheckFailed("health check failed: " + "; ".join(f"{r['database']}: {r['check']} ({r['detail']})"
-                                                              for r in failed))
+        raise CheckFailed(
+            "health check failed: " + "; ".join(f"{r['database']}: {r['check']} ({r['detail']})" for r in failed)
+        )
     return rows
 
 
@@ -564,8 +704,8 @@ def new_connection_extra(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, An
     return extra
 
 
-
 # -- rehearsal and report --------------------------------------------------------------------------------
+
 
 def rehearsal(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     """The seed's "test the upgrade on a dev database first", automated: the backup restored into a scratch
@@ -581,15 +721,27 @@ def rehearsal(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     old_inst = versions.inspect(old.bindir, host)
     new_inst = versions.inspect(plan_["new"]["bindir"], host)
     options = InitdbOptions(**plan_["initdb"])
-    preload = {"shared_preload_libraries": f"'{plan_['shared_preload_libraries']}'"} if plan_[
-        "shared_preload_libraries"] else {}
+    preload = (
+        {"shared_preload_libraries": f"'{plan_['shared_preload_libraries']}'"}
+        if plan_["shared_preload_libraries"]
+        else {}
+    )
     started = time.monotonic()
     sock_old, sock_new = _sock(plan_, "rehearsal-old"), _sock(plan_, "rehearsal-new")
-    scratch_old = create_cluster(old_inst, f"{root}/old", name="rehearsal-old", port=old.port + 2,
-                                 socket_dir=sock_old, os_user=old.os_user, options=options,
-                                 settings=preload, host=host)
-    scratch_new = replace(scratch_old, name="rehearsal-new", bindir=new_inst.bindir, datadir=f"{root}/new",
-                          host=sock_new)
+    scratch_old = create_cluster(
+        old_inst,
+        f"{root}/old",
+        name="rehearsal-old",
+        port=old.port + 2,
+        socket_dir=sock_old,
+        os_user=old.os_user,
+        options=options,
+        settings=preload,
+        host=host,
+    )
+    scratch_new = replace(
+        scratch_old, name="rehearsal-new", bindir=new_inst.bindir, datadir=f"{root}/new", host=sock_new
+    )
     try:
         backup.restore(scratch_old, host, manifest, jobs=ctx.params["jobs"])
         before = facts.snapshot(scratch_old)
@@ -598,22 +750,34 @@ def rehearsal(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
             upgrade.prepare_new_cluster(old, new_inst, scratch_new.datadir, options, host)
             if preload:
                 _set_preload(host, scratch_new.datadir, plan_["shared_preload_libraries"], old.os_user)
-            argv = upgrade.pg_upgrade_argv(scratch_old, new_inst, scratch_new.datadir, mode=plan_["transfer_mode"],
-                                           jobs=ctx.params["jobs"], socket_dir=sock_old, check=False,
-                                           old_port=scratch_old.port, new_port=scratch_old.port + 1)
+            argv = upgrade.pg_upgrade_argv(
+                scratch_old,
+                new_inst,
+                scratch_new.datadir,
+                mode=plan_["transfer_mode"],
+                jobs=ctx.params["jobs"],
+                socket_dir=sock_old,
+                check=False,
+                old_port=scratch_old.port,
+                new_port=scratch_old.port + 1,
+            )
             upgrade.run_pg_upgrade(argv, host, old.os_user, f"{root}/work", timeout=24 * 3600)
         else:
             upgrade.prepare_new_cluster(old, new_inst, scratch_new.datadir, options, host)
             upgrade.start_private(scratch_new, host, sock_new)
-            upgrade.dump_restore(scratch_old, scratch_new, host, f"{root}/dump", plan_["databases"],
-                                 ctx.params["jobs"], new_inst)
+            upgrade.dump_restore(
+                scratch_old, scratch_new, host, f"{root}/dump", plan_["databases"], ctx.params["jobs"], new_inst
+            )
             Service(scratch_new, host).stop("fast")
         upgrade.start_private(scratch_new, host, sock_new)
         diffs = facts.compare(before, facts.snapshot(scratch_new))
         if diffs:
             raise CheckFailed("rehearsal: facts differ after the upgrade: " + "; ".join(diffs[:10]))
-        return {"rehearsal": "passed", "seconds": round(time.monotonic() - started, 3),
-                "tables": facts.table_count(before)}
+        return {
+            "rehearsal": "passed",
+            "seconds": round(time.monotonic() - started, 3),
+            "tables": facts.table_count(before),
+        }
     finally:
         for c in (scratch_new, scratch_old):
             if exists(host, f"{c.datadir}/postmaster.pid", old.os_user):
@@ -627,9 +791,11 @@ def write_report(ctx: RunContext, status: str, extra: dict[str, Any] | None = No
     plan_ = ctx.state.load("plan") or {}
     more: dict[str, Any] = dict(extra or {})
     if plan_.get("new") and ctx.state.happened("opened"):
-        more["next_steps"] = ("point the Airflow connection at the new cluster: extra = "
-                              + json.dumps(new_connection_extra(ctx, plan_), sort_keys=True)
-                              + "; delete the old cluster with pg_major_upgrade_cleanup after verifying the new one")
+        more["next_steps"] = (
+            "point the Airflow connection at the new cluster: extra = "
+            + json.dumps(new_connection_extra(ctx, plan_), sort_keys=True)
+            + "; delete the old cluster with pg_major_upgrade_cleanup after verifying the new one"
+        )
     rep = report.build(ctx.state, status=status, extra=more)
     json_path, md_path = report.write(ctx.state, rep)
     log.info("report: %s", md_path)

@@ -83,7 +83,9 @@ def _check_one(f: Field, value: Any) -> Any:
     return value
 
 
-def validate(fields: list[Field], conf: Mapping[str, Any], *, allow_extra: frozenset[str] = frozenset()) -> dict[str, Any]:
+def validate(
+    fields: list[Field], conf: Mapping[str, Any], *, allow_extra: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """Checks a trigger conf against the declared fields; returns every field's value (defaults filled in)."""
     known = {f.name for f in fields}
     unknown = sorted(set(conf) - known - allow_extra)
@@ -93,28 +95,84 @@ def validate(fields: list[Field], conf: Mapping[str, Any], *, allow_extra: froze
 
 
 COMMON = [
-    Field("postgres_conn_id", "string", "pg_upgrade_target", "Cluster connection",
-          "Airflow postgres connection of the cluster; its extra JSON carries pg_bindir, pg_datadir, os_user, "
-          "service and optionally pg_confdir and ssh_conn_id.", "Cluster", kind="conn_id"),
-    Field("dry_run", "boolean", False, "Dry run", "Plan only: validate, check and print the plan; change nothing.",
-          "Run"),
-    Field("backup_dir", "string", "", "Backup directory",
-          "Absolute path for this run's backup (empty: under the state directory). Must be new or empty.",
-          "Backup", kind="abs_path"),
-    Field("jobs", "integer", 2, "Parallel jobs", "Parallelism of pg_dump, pg_restore, pg_upgrade and vacuumdb.",
-          "Run", minimum=1, maximum=64),
-    Field("terminate_after_s", "integer", -1, "Terminate clients after (s)",
-          "After blocking logins, terminate remaining client sessions after this many seconds (-1: never; the "
-          "run waits for them to leave).", "Outage", minimum=-1, maximum=86400),
-    Field("connection_wait_timeout_s", "integer", 600, "Wait for clients (s)",
-          "How long the sensor waits for client sessions to end before the run fails.", "Outage", minimum=1,
-          maximum=86400),
-    Field("queue_wait_timeout_s", "integer", 600, "Wait for empty queue (s)",
-          "How long the sensor waits for the extension's queue to drain.", "Outage", minimum=1, maximum=86400),
-    Field("window_end", "string", "", "Window ends at",
-          "ISO timestamp (with time zone) by which the outage must be over; the run refuses to start the outage "
-          "when the estimate does not fit. Empty: no limit.", "Outage"),
-    Field("verify_content", "boolean", False, "Verify content checksums",
-          "Also compare an md5 of every table's rows before and after (reads all data inside the outage).",
-          "Validation"),
+    Field(
+        "postgres_conn_id",
+        "string",
+        "pg_upgrade_target",
+        "Cluster connection",
+        "Airflow postgres connection of the cluster; its extra JSON carries pg_bindir, pg_datadir, os_user, "
+        "service and optionally pg_confdir and ssh_conn_id.",
+        "Cluster",
+        kind="conn_id",
+    ),
+    Field(
+        "dry_run", "boolean", False, "Dry run", "Plan only: validate, check and print the plan; change nothing.", "Run"
+    ),
+    Field(
+        "backup_dir",
+        "string",
+        "",
+        "Backup directory",
+        "Absolute path for this run's backup (empty: under the state directory). Must be new or empty.",
+        "Backup",
+        kind="abs_path",
+    ),
+    Field(
+        "jobs",
+        "integer",
+        2,
+        "Parallel jobs",
+        "Parallelism of pg_dump, pg_restore, pg_upgrade and vacuumdb.",
+        "Run",
+        minimum=1,
+        maximum=64,
+    ),
+    Field(
+        "terminate_after_s",
+        "integer",
+        -1,
+        "Terminate clients after (s)",
+        "After blocking logins, terminate remaining client sessions after this many seconds (-1: never; the "
+        "run waits for them to leave).",
+        "Outage",
+        minimum=-1,
+        maximum=86400,
+    ),
+    Field(
+        "connection_wait_timeout_s",
+        "integer",
+        600,
+        "Wait for clients (s)",
+        "How long the sensor waits for client sessions to end before the run fails.",
+        "Outage",
+        minimum=1,
+        maximum=86400,
+    ),
+    Field(
+        "queue_wait_timeout_s",
+        "integer",
+        600,
+        "Wait for empty queue (s)",
+        "How long the sensor waits for the extension's queue to drain.",
+        "Outage",
+        minimum=1,
+        maximum=86400,
+    ),
+    Field(
+        "window_end",
+        "string",
+        "",
+        "Window ends at",
+        "ISO timestamp (with time zone) by which the outage must be over; the run refuses to start the outage "
+        "when the estimate does not fit. Empty: no limit.",
+        "Outage",
+    ),
+    Field(
+        "verify_content",
+        "boolean",
+        False,
+        "Verify content checksums",
+        "Also compare an md5 of every table's rows before and after (reads all data inside the outage).",
+        "Validation",
+    ),
 ]

@@ -10,9 +10,9 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
-import psycopg2.extensions
+from psycopg2.extensions import connection
 from psycopg2 import sql as psql
 
 from pgupgrade.errors import ConfigError
@@ -21,7 +21,8 @@ from pgupgrade.sql import fetch, scalar
 PROFILES_FILE = Path(
     os.environ.get("PGUPGRADE_PROFILES", Path(__file__).resolve().parents[1] / "config" / "extension_profiles.json")
 )
-Conn = psycopg2.extensions.connection
+
+Conn: TypeAlias = connection
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,13 @@ class ExtensionProfile:
     validate_function: str | None = None
     removed_functions: dict[str, list[str]] = field(default_factory=dict)
     changed_functions: dict[str, list[str]] = field(default_factory=dict)
+    # Added for the extension-upgrade DAGs (pgupgrade.extension); all keyed by the version that brings the change,
+    # except min_upgrade_from (keyed by the target's series, e.g. "0.2": the oldest version that may update to it).
+    added_functions: dict[str, list[str]] = field(default_factory=dict)
+    added_columns: dict[str, list[str]] = field(default_factory=dict)
+    removed_columns: dict[str, list[str]] = field(default_factory=dict)
+    min_upgrade_from: dict[str, str] = field(default_factory=dict)
+    migration_sql: str | None = None  # include/sql file run after ALTER EXTENSION ... UPDATE, same transaction
 
     # -- catalog questions ---------------------------------------------------------------------------
     def installed_version(self, conn: Conn) -> str | None:

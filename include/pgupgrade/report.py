@@ -22,16 +22,25 @@ def _at(event: dict[str, Any] | None) -> dt.datetime | None:
 def build(state: RunState, *, status: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     events = state.events()
     steps = [
-        {"step": e["step"], "status": e["status"], "seconds": e.get("seconds"), "at": e["at"],
-         **({"error": e["error"]} if e.get("error") else {})}
-        for e in events if e["event"] == "step"
+        {
+            "step": e["step"],
+            "status": e["status"],
+            "seconds": e.get("seconds"),
+            "at": e["at"],
+            **({"error": e["error"]} if e.get("error") else {}),
+        }
+        for e in events
+        if e["event"] == "step"
     ]
     start = _at(state.first("logins_blocked"))
     end = _at(state.first("opened"))
     outage = None
     if start:
-        outage = {"from": start.isoformat(), "to": end.isoformat() if end else None,
-                  "seconds": round((end - start).total_seconds(), 3) if end else None}
+        outage = {
+            "from": start.isoformat(),
+            "to": end.isoformat() if end else None,
+            "seconds": round((end - start).total_seconds(), 3) if end else None,
+        }
     down = _at(state.first("old_stopped"))
     up = _at(state.first("new_public_start")) or _at(state.first("opened"))
     plan = state.load("plan")
@@ -62,7 +71,12 @@ def write(state: RunState, rep: dict[str, Any]) -> tuple[Path, Path]:
 
 
 def markdown(rep: dict[str, Any]) -> str:
-    lines = [f"# {rep['dag_id']} — {rep['status']}", "", f"Run `{rep['run_id']}`, report generated {rep['generated']}.", ""]
+    lines = [
+        f"# {rep['dag_id']} — {rep['status']}",
+        "",
+        f"Run `{rep['run_id']}`, report generated {rep['generated']}.",
+        "",
+    ]
     plan = rep.get("plan") or {}
     if plan.get("old"):
         lines += [

@@ -30,14 +30,35 @@ from pgupgrade.state import RunState
 log = logging.getLogger(__name__)
 
 FIELDS: list[Field] = [
-    Field("postgres_conn_id", "string", "pg_upgrade_target", "Cluster connection",
-          "The cluster's Airflow postgres connection (as the upgrade run had it).", "Cluster", kind="conn_id"),
-    Field("upgrade_dag_id", "string", "pg15_to_pg16_upgrade", "Upgrade DAG", "The DAG of the run to roll back.",
-          "Run", kind="conn_id"),
-    Field("upgrade_run_id", "string", "", "Upgrade run id", "The run to roll back (its journal decides the path).",
-          "Run"),
-    Field("accept_data_loss", "boolean", False, "Accept data loss",
-          "Allow a path that loses writes made after the backup or in the new cluster.", "Safety"),
+    Field(
+        "postgres_conn_id",
+        "string",
+        "pg_upgrade_target",
+        "Cluster connection",
+        "The cluster's Airflow postgres connection (as the upgrade run had it).",
+        "Cluster",
+        kind="conn_id",
+    ),
+    Field(
+        "upgrade_dag_id",
+        "string",
+        "pg15_to_pg16_upgrade",
+        "Upgrade DAG",
+        "The DAG of the run to roll back.",
+        "Run",
+        kind="conn_id",
+    ),
+    Field(
+        "upgrade_run_id", "string", "", "Upgrade run id", "The run to roll back (its journal decides the path).", "Run"
+    ),
+    Field(
+        "accept_data_loss",
+        "boolean",
+        False,
+        "Accept data loss",
+        "Allow a path that loses writes made after the backup or in the new cluster.",
+        "Safety",
+    ),
     Field("reason", "string", "", "Reason", "Why (for the audit trail).", "Run"),
 ]
 
@@ -52,17 +73,25 @@ def assess(upgrade_state: RunState, old: Cluster, host: Host) -> tuple[str, str]
     event = upgrade_state.first("transfer_started") or {}
     mode = event.get("mode")
     if event.get("method") == "dump_restore" or mode in ("copy", "clone"):
-        return "old_intact", f"{event.get('method')} {mode or ''} never writes the old data directory".replace("  ", " ")
+        return "old_intact", f"{event.get('method')} {mode or ''} never writes the old data directory".replace(
+            "  ", " "
+        )
     control = upgrade.pg_control_state(host, old.datadir, old.os_user)
     started = upgrade_state.happened("new_started")
     if mode == "link" and not started:
         if control["pg_control.old"] and not control["pg_control"]:
-            return "restore_pg_control", ("link mode: pg_upgrade renamed global/pg_control to pg_control.old and the "
-                                          "new cluster never started, so the old files are unchanged")
+            return "restore_pg_control", (
+                "link mode: pg_upgrade renamed global/pg_control to pg_control.old and the "
+                "new cluster never started, so the old files are unchanged"
+            )
         if control["pg_control"]:
             return "old_intact", "link mode, but pg_upgrade stopped before it disabled the old cluster"
-    why = (f"{mode} mode and the new cluster started (marker in the journal): the old files may share changed "
-           "blocks with the new cluster" if started else f"{mode} mode after the transfer began")
+    why = (
+        f"{mode} mode and the new cluster started (marker in the journal): the old files may share changed "
+        "blocks with the new cluster"
+        if started
+        else f"{mode} mode after the transfer began"
+    )
     if not plan:
         why += "; no plan on disk"
     return "restore_backup", why
@@ -88,8 +117,10 @@ def decide(upgrade_state: RunState, old: Cluster, host: Host, *, accept_data_los
         raise ConfigError("upgrade_run_id", f"no state for {upgrade_state.dag_id} run {upgrade_state.run_id!r}")
     path, why = assess(upgrade_state, old, host)
     if path != "old_running" and upgrade_state.happened("opened") and not accept_data_loss:
-        raise UnsafeState("clients were let into the new cluster: going back loses what they wrote since "
-                          f"(path would be {path}: {why}); set accept_data_loss=true to go ahead")
+        raise UnsafeState(
+            "clients were let into the new cluster: going back loses what they wrote since "
+            f"(path would be {path}: {why}); set accept_data_loss=true to go ahead"
+        )
     log.info("rollback path: %s, because %s", path, why)
     return {"path": path, "why": why}
 
@@ -115,8 +146,9 @@ def bring_back_old(path: str, upgrade_state: RunState, old: Cluster, host: Host)
     if path != "old_running":
         stop_new(upgrade_state, old, host)
     if path == "restore_pg_control":
-        host.run(["mv", "--", f"{old.datadir}/global/pg_control.old", f"{old.datadir}/global/pg_control"],
-                 user=old.os_user)
+        host.run(
+            ["mv", "--", f"{old.datadir}/global/pg_control.old", f"{old.datadir}/global/pg_control"], user=old.os_user
+        )
         log.info("renamed global/pg_control.old back to global/pg_control")
     svc = Service(old, host)
     if not svc.is_running():
@@ -128,8 +160,10 @@ def restore_from_backup(upgrade_state: RunState, old: Cluster, host: Host, *, ac
     risks = data_loss_risks(upgrade_state)
     manifest = upgrade_state.load("backup")
     if manifest is None:
-        raise UnsafeState("no backup on record for the upgrade run: cannot restore; the old data directory is "
-                          "left as it is for manual recovery")
+        raise UnsafeState(
+            "no backup on record for the upgrade run: cannot restore; the old data directory is "
+            "left as it is for manual recovery"
+        )
     if risks and not accept_data_loss:
         raise UnsafeState("refusing to restore the backup: " + "; ".join(risks) + " (set accept_data_loss=true)")
     plan = upgrade_state.load("plan")
@@ -156,12 +190,16 @@ def restore_from_backup(upgrade_state: RunState, old: Cluster, host: Host, *, ac
 
 def verify_old(upgrade_state: RunState, old: Cluster) -> dict[str, Any]:
     before = upgrade_state.load("facts_before")
-    now = facts.snapshot(old, content=bool(before and any(
-        "md5" in t for db in before["databases"].values() for t in db["tables"].values())))
+    now = facts.snapshot(
+        old,
+        content=bool(before and any("md5" in t for db in before["databases"].values() for t in db["tables"].values())),
+    )
     plan = upgrade_state.load("plan") or {}
     old_version = plan.get("old", {}).get("version")
-    if old_version and versions.Version.from_num(now["server_version_num"]).major != versions.Version.parse(
-            old_version).major:
+    if (
+        old_version
+        and versions.Version.from_num(now["server_version_num"]).major != versions.Version.parse(old_version).major
+    ):
         raise CheckFailed(f"the old cluster should run {old_version}, it runs {now['server_version']}")
     if before is None:
         return {"facts_compared": False, "server_version": now["server_version"]}
@@ -176,8 +214,14 @@ def write_report(ctx: Any) -> dict[str, str]:
 
     decision = ctx.state.load("decision") or {}
     failed = [e for e in ctx.state.events() if e["event"] == "step" and e["status"] == "failed"]
-    rep = report.build(ctx.state, status="failed" if failed else "success",
-                       extra={"rollback_path": decision.get("path"), "rollback_reason": decision.get("why"),
-                              "upgrade_run": f"{ctx.params['upgrade_dag_id']}/{ctx.params['upgrade_run_id']}"})
+    rep = report.build(
+        ctx.state,
+        status="failed" if failed else "success",
+        extra={
+            "rollback_path": decision.get("path"),
+            "rollback_reason": decision.get("why"),
+            "upgrade_run": f"{ctx.params['upgrade_dag_id']}/{ctx.params['upgrade_run_id']}",
+        },
+    )
     json_path, md_path = report.write(ctx.state, rep)
     return {"json": str(json_path), "markdown": str(md_path)}

@@ -44,8 +44,10 @@ def connect(
     cluster: Cluster, dbname: str | None = None, *, autocommit: bool = True, statement_timeout_ms: int = 0
 ) -> Iterator[psycopg2.extensions.connection]:
     options = f"-c statement_timeout={int(statement_timeout_ms)}" if statement_timeout_ms else None
-    conn = psycopg2.connect(**cluster.conninfo(dbname), options=options) if options else psycopg2.connect(
-        **cluster.conninfo(dbname)
+    conn = (
+        psycopg2.connect(**cluster.conninfo(dbname), options=options)
+        if options
+        else psycopg2.connect(**cluster.conninfo(dbname))
     )
     conn.autocommit = autocommit
     try:
@@ -54,7 +56,7 @@ def connect(
         conn.close()
 
 
-def fetch(conn: psycopg2.extensions.connection, query: str | sql.Composable, params: Params = None) -> list[tuple]:
+def fetch(conn: psycopg2.extensions.connection, query: str | sql.Composable, params: Params = None) -> list[tuple[Any, ...]]:
     with conn.cursor() as cur:
         cur.execute(query, params)
         return cur.fetchall() if cur.description else []

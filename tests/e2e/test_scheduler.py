@@ -7,19 +7,27 @@ import os
 from pathlib import Path
 
 import pytest
-from airflow_stack import AirflowStack
-from pgharness import APP_DB, installation
 
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState
+
+from airflow_stack import AirflowStack
+from pgharness import APP_DB, installation
 
 pytestmark = pytest.mark.scheduler
 
 
 def _conn_env(cluster) -> tuple[str, str]:
     return f"AIRFLOW_CONN_{cluster.name.upper()}", json.dumps(
-        {"conn_type": "postgres", "host": cluster.host, "port": cluster.port, "schema": cluster.dbname,
-         "login": cluster.user, "extra": cluster.to_extra()})
+        {
+            "conn_type": "postgres",
+            "host": cluster.host,
+            "port": cluster.port,
+            "schema": cluster.dbname,
+            "login": cluster.user,
+            "extra": cluster.to_extra(),
+        }
+    )
 
 
 def _version(cluster) -> int:
@@ -45,8 +53,13 @@ def test_rollback_triggered_and_lock_exclusive_under_real_scheduler(pool, tmp_pa
 
         # 1. a failing run triggers its rollback run, which the scheduler executes
         home = Path(failing.datadir).parent
-        conf = {"postgres_conn_id": failing.name, "queue_wait_timeout_s": 1, "backup_dir": str(home / "backup"),
-                "new_datadir": str(home / "data16"), "new_bindir": installation("16").bindir}
+        conf = {
+            "postgres_conn_id": failing.name,
+            "queue_wait_timeout_s": 1,
+            "backup_dir": str(home / "backup"),
+            "new_datadir": str(home / "data16"),
+            "new_bindir": installation("16").bindir,
+        }
         stack.trigger("pg15_to_pg16_upgrade", conf, "e2e-fail")
         assert stack.wait_run("pg15_to_pg16_upgrade", "e2e-fail") == "failed"
         states = stack.task_states("pg15_to_pg16_upgrade", "e2e-fail")
@@ -59,21 +72,39 @@ def test_rollback_triggered_and_lock_exclusive_under_real_scheduler(pool, tmp_pa
         # 2. two DAGs on one cluster at once: exactly one proceeds
         home = Path(shared.datadir).parent
         base = {"postgres_conn_id": shared.name}
-        a = {**base, "backup_dir": str(home / "backup-a"), "new_datadir": str(home / "data16"),
-             "new_bindir": installation("16").bindir}
-        b = {**base, "backup_dir": str(home / "backup-b"), "new_datadir": str(home / "data17"),
-             "new_bindir": installation("17").bindir, "target_major": 17}
+        a = {
+            **base,
+            "backup_dir": str(home / "backup-a"),
+            "new_datadir": str(home / "data16"),
+            "new_bindir": installation("16").bindir,
+        }
+        b = {
+            **base,
+            "backup_dir": str(home / "backup-b"),
+            "new_datadir": str(home / "data17"),
+            "new_bindir": installation("17").bindir,
+            "target_major": 17,
+        }
         stack.trigger("pg15_to_pg16_upgrade", a, "e2e-a")
         stack.trigger("pg_major_upgrade", b, "e2e-b")
-        results = {"a": stack.wait_run("pg15_to_pg16_upgrade", "e2e-a"), "b": stack.wait_run("pg_major_upgrade", "e2e-b")}
+        results = {
+            "a": stack.wait_run("pg15_to_pg16_upgrade", "e2e-a"),
+            "b": stack.wait_run("pg_major_upgrade", "e2e-b"),
+        }
         assert sorted(results.values()) == ["failed", "success"], results
-        loser_dag, loser = ("pg15_to_pg16_upgrade", "e2e-a") if results["a"] == "failed" else ("pg_major_upgrade", "e2e-b")
+        loser_dag, loser = (
+            ("pg15_to_pg16_upgrade", "e2e-a") if results["a"] == "failed" else ("pg_major_upgrade", "e2e-b")
+        )
         loser_states = stack.task_states(loser_dag, loser)
         assert loser_states["plan.acquire_lock"] == "failed" and loser_states["trigger_rollback"] == "skipped"
         assert _version(shared) == (16 if results["a"] == "success" else 17)
-        pool.track(shared.with_installation(installation("16" if results["a"] == "success" else "17").bindir,
-                                            a["new_datadir"] if results["a"] == "success" else b["new_datadir"]))
+        pool.track(
+            shared.with_installation(
+                installation("16" if results["a"] == "success" else "17").bindir,
+                a["new_datadir"] if results["a"] == "success" else b["new_datadir"],
+            )
+        )
         assert not any(state_dir.glob("locks/*.json")), "locks left behind"
     finally:
         stack.stop()
-    os.system(f"rm -rf {stack.home}")  # noqa: S605 - test-owned temp dir
+    os.system(f"rm -rf {stack.home}")

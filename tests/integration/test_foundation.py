@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from pgharness import APP_DB, HOST, OS_USER, Pool, installation, postmasters_under
 
 from pgupgrade import versions
 from pgupgrade.cluster import Service
 from pgupgrade.errors import CommandError, UnsafeState
 from pgupgrade.scratch import InitdbOptions, initdb
 from pgupgrade.sql import connect, scalar
+
+from pgharness import APP_DB, HOST, OS_USER, Pool, installation, postmasters_under
 
 
 def test_registry_finds_every_target_version():
@@ -84,9 +85,7 @@ def test_standin_extension_queue_and_update(pool, version):
         cur.execute("ALTER EXTENSION pg_tviews UPDATE TO '0.2.0'")
         assert scalar(conn, "SELECT pg_tviews_version()") == "0.2.0"
         assert scalar(conn, "SELECT count(*) FROM pg_proc WHERE proname = 'pg_tviews_refresh_async'") == 0
-        cur.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'pg_tviews_metadata'"
-        )
+        cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'pg_tviews_metadata'")
         cols = {r[0] for r in cur.fetchall()}
         assert {"stats_last_computed", "query_plan", "source_hash"} <= cols and "internal_version" not in cols
         cur.execute("SELECT pg_tviews_refresh('tv_order_totals')")

@@ -7,13 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
-from airflow_helpers import run
-from pgharness import HOST, OS_USER
-from test_major_upgrade import served_version, track_new, upgrade_conf
 
 from pgupgrade.scratch import write_settings
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState
+
+from airflow_helpers import run
+from pgharness import HOST, OS_USER
+from test_major_upgrade import served_version, track_new, upgrade_conf
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 STATE = Path(os.environ["PGUPGRADE_STATE_DIR"])
@@ -22,9 +23,16 @@ STATE = Path(os.environ["PGUPGRADE_STATE_DIR"])
 def test_config_outside_datadir_alter_system_and_preload(pool):
     old = pool.new("15.18")
     old = pool.with_config_outside(old)
-    write_settings(HOST, f"{old.confdir}/postgresql.conf",
-                   {"shared_preload_libraries": "'pg_stat_statements'", "log_min_duration_statement": "250",
-                    "db_user_namespace": "off"}, OS_USER)
+    write_settings(
+        HOST,
+        f"{old.confdir}/postgresql.conf",
+        {
+            "shared_preload_libraries": "'pg_stat_statements'",
+            "log_min_duration_statement": "250",
+            "db_user_namespace": "off",
+        },
+        OS_USER,
+    )
     with open(f"{old.confdir}/pg_hba.conf", "a") as fh:
         fh.write("# pgupgrade-test: custom rule\nlocal app app_user trust\n")
     from pgupgrade.cluster import Service
@@ -49,8 +57,9 @@ def test_config_outside_datadir_alter_system_and_preload(pool):
         assert scalar(conn, "SHOW hba_file") == f"{new.datadir}/pg_hba.conf"
         assert scalar(conn, "SHOW cluster_name") == old.name
     assert "local app app_user trust" in Path(new.datadir, "pg_hba.conf").read_text()
-    carried = next(e for e in RunState.for_run("pg_major_upgrade", dr.run_id, STATE).events()
-                   if e["event"] == "config_carried")
+    carried = next(
+        e for e in RunState.for_run("pg_major_upgrade", dr.run_id, STATE).events() if e["event"] == "config_carried"
+    )
     assert any("db_user_namespace" in d for d in carried["dropped"])  # removed in 17
     assert any("vacuum_defer_cleanup_age" in d for d in carried["dropped"])
     assert any("data_directory" in r for r in carried["rewritten"])

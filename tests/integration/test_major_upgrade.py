@@ -6,13 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
-from airflow_helpers import report_of, run
-from conftest import register_connection
-from pgharness import APP_DB, Pool, installation
 
 from pgupgrade.cluster import Cluster
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState
+
+from airflow_helpers import report_of, run
+from conftest import register_connection
+from pgharness import APP_DB, Pool, installation
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 OK = {"success", "skipped"}

@@ -29,6 +29,7 @@ def cluster_from_conn_id(conn_id: str) -> Cluster:
 
 def host_for(cluster: Cluster) -> Host:
     """The worker itself, or the database host over the cluster's SSH connection."""
+    host: Host
     if not cluster.ssh_conn_id:
         host = LocalHost()
     else:

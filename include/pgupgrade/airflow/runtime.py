@@ -139,7 +139,7 @@ def failed_tasks() -> list[str]:
     ctx = get_current_context()
     ti = ctx["ti"]
     states = ti.get_task_states(dag_id=ctx["dag"].dag_id, run_ids=[ctx["run_id"]])
-    per_run = next(iter(states.values()), {}) if states else {}
+    per_run: dict[str, Any] = next(iter(states.values()), {}) if states else {}
     return sorted(t for t, s in per_run.items() if str(s).lower().rsplit(".", 1)[-1] == "failed" and t != ti.task_id)
 
 
@@ -334,3 +334,66 @@ def failure_tail(dag: Any, rollback_dag_id: str, fields: list[Field]) -> None:
     gate >> trigger
     end = finish()
     [*upstream, trigger] >> end
+
+
+# -- shared by the runbook DAGs (added with the minor-upgrade DAGs) -----------------------------------------
+
+
+def admin_json_variable(name: str) -> Any:
+    """An admin-set Airflow Variable holding JSON, or None when unset: configuration that no trigger conf can
+    change (e.g. the argv of an install command)."""
+    from airflow.sdk import Variable
+
+    try:
+        raw = Variable.get(name, default=None)
+    except Exception as exc:  # the SDK raises its own error types when the API cannot answer
+        raise ConfigError(f"Variable {name}", f"cannot be read: {exc}") from None
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"Variable {name}", f"is not valid JSON: {exc}") from None
+
+
+def dry_run_gate(plan: Any) -> Any:
+    """Short-circuits after the plan for dry runs and for clusters already where the run would take them
+    (``plan["already_upgraded"]``): the run ends green and the cluster untouched."""
+
+    @task.short_circuit(task_id="dry_run_gate", ignore_downstream_trigger_rules=False,
+                        doc_md="Stops here for dry runs and clusters already on the target (green, untouched).")
+    def _gate(plan_: dict[str, Any], **context: Any) -> bool:
+        if plan_.get("already_upgraded"):
+            log.info("nothing to do: %s", plan_.get("reason"))
+            return False
+        if context["params"]["dry_run"]:
+            log.info("dry run, the plan:\n%s", json.dumps(plan_, indent=2, default=str))
+            return False
+        return True
+
+    return _gate(plan)
+
+
+def take_over_lock(rc: RunContext) -> str:
+    """A rollback run's lock step: takes the cluster lock over from the upgrade run it cleans up after
+    (params ``upgrade_dag_id``/``upgrade_run_id``)."""
+    line = rc.lock.acquire(rc.dag_id, rc.run_id, dagrun_alive,
+                           heir_of=(rc.params["upgrade_dag_id"], rc.params["upgrade_run_id"]))
+    return str(line)
+
+
+def rollback_finish(fields: list[Field]) -> Any:
+    """A rollback DAG's last task (all_done): releases the cluster lock, or — when any task of the rollback
+    failed — keeps it marked *needs attention* so that no run touches the cluster until a person has looked."""
+
+    @task(task_id="finish", trigger_rule="all_done", retries=0, doc_md="Releases the lock, or marks it.")
+    def finish() -> str:
+        rc = run_context(fields)
+        failed = failed_tasks()
+        if failed:
+            rc.lock.needs_attention(rc.dag_id, rc.run_id, f"rollback run failed in {', '.join(failed)}")
+            raise AirflowFailException(f"rollback failed in {', '.join(failed)}; the cluster lock is kept")
+        rc.lock.release(rc.dag_id, rc.run_id)
+        return "lock released"
+
+    return finish()
