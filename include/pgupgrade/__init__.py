@@ -1,0 +1,1 @@
+"""pgupgrade: PostgreSQL upgrade runbooks as Airflow DAGs — the library behind the DAGs."""
