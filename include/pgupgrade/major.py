@@ -800,3 +800,65 @@ def write_report(ctx: RunContext, status: str, extra: dict[str, Any] | None = No
     json_path, md_path = report.write(ctx.state, rep)
     log.info("report: %s", md_path)
     return {"json": str(json_path), "markdown": str(md_path)}
+
+
+# -- cleanup of the old cluster ----------------------------------------------------------------------------
+
+CLEANUP_FIELDS: list[Field] = [
+    COMMON[0],
+    Field("upgrade_dag_id", "string", "pg15_to_pg16_upgrade", "Upgrade DAG", "The DAG of the finished upgrade run.",
+          "Run", kind="conn_id"),
+    Field("upgrade_run_id", "string", "", "Upgrade run id", "The successful upgrade run whose old cluster to delete.",
+          "Run"),
+    Field("confirm_delete", "string", "", "Confirm: old data directory",
+          "Type the old data directory's path exactly: nothing is deleted otherwise.", "Safety"),
+    Field("min_age_hours", "integer", 24, "Minimum age (h)",
+          "Refuse until the new cluster has served clients this long (the guide's 'after verifying it works').",
+          "Safety", minimum=0, maximum=24 * 365),
+]
+
+
+def cleanup_check(ctx: RunContext) -> dict[str, Any]:
+    """Everything that must hold before the old cluster may go; no side effects."""
+    from pgupgrade.state import RunState
+
+    p = ctx.params
+    up = RunState.for_run(p["upgrade_dag_id"], p["upgrade_run_id"], ctx.state.root)
+    plan_ = up.load("plan")
+    if not plan_ or not up.happened("opened"):
+        raise PlanError(f"run {p['upgrade_dag_id']}/{p['upgrade_run_id']} did not finish an upgrade (no 'opened')")
+    if up.happened("old_cluster_deleted"):
+        raise PlanError("the old cluster of this run was deleted already")
+    if up.happened("rollback_triggered"):
+        raise PlanError("this run was rolled back: its old cluster is the one serving")
+    old_datadir = plan_["old"]["datadir"]
+    if p["confirm_delete"] != old_datadir:
+        raise ConfigError("confirm_delete", f"must be exactly {old_datadir!r} to delete it")
+    opened = up.first("opened") or {}
+    age_h = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(opened["at"])).total_seconds() / 3600
+    if age_h < p["min_age_hours"]:
+        raise PlanError(f"the new cluster has served for {age_h:.1f} h, less than min_age_hours={p['min_age_hours']}")
+    new = replace(ctx.cluster, bindir=plan_["new"]["bindir"], datadir=plan_["new"]["datadir"], confdir=None)
+    if not Service(new, ctx.host).is_running():
+        raise PlanError(f"the new cluster in {new.datadir} is not running")
+    old = replace(ctx.cluster, bindir=plan_["old"]["bindir"], datadir=old_datadir)
+    if exists(ctx.host, f"{old_datadir}/postmaster.pid", old.os_user) and Service(old, ctx.host).is_running():
+        raise PlanError(f"a postmaster runs in the old data directory {old_datadir}")
+    return {"old_datadir": old_datadir, "age_hours": round(age_h, 2), "work_dir": plan_["work_dir"]}
+
+
+def delete_old_cluster(ctx: RunContext) -> dict[str, Any]:
+    """pg_upgrade's own delete_old_cluster.sh when it wrote one (it knows the tablespace subdirectories),
+    otherwise the old data directory."""
+    from pgupgrade.state import RunState
+
+    checked = cleanup_check(ctx)
+    p = ctx.params
+    up = RunState.for_run(p["upgrade_dag_id"], p["upgrade_run_id"], ctx.state.root)
+    user = ctx.cluster.os_user
+    script = f"{checked['work_dir']}/delete_old_cluster.sh"
+    up.record("old_cluster_deleted", by=f"{ctx.dag_id}/{ctx.run_id}", datadir=checked["old_datadir"])
+    if exists(ctx.host, script, user):
+        ctx.host.run(["sh", script], user=user, timeout=24 * 3600)
+    ctx.host.run(["rm", "-rf", "--", checked["old_datadir"]], user=user, timeout=24 * 3600)
+    return checked

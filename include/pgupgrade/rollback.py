@@ -66,6 +66,8 @@ FIELDS: list[Field] = [
 def assess(upgrade_state: RunState, old: Cluster, host: Host) -> tuple[str, str]:
     """(path, why) from the upgrade run's journal and the old data directory."""
     plan = upgrade_state.load("plan") or {}
+    if upgrade_state.happened("old_cluster_deleted"):
+        return "restore_backup", "the old cluster was deleted by pg_major_upgrade_cleanup"
     if not upgrade_state.happened("old_stop_requested"):
         return "old_running", "the old cluster was never stopped by the upgrade run"
     if not upgrade_state.happened("transfer_started"):

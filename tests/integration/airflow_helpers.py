@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import cache
 from pathlib import Path
@@ -16,14 +17,26 @@ def dagbag() -> Any:
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors
+    for dag_id, dag in bag.dags.items():
+        _DEFAULTS[dag_id] = copy.deepcopy({k: dag.params.get_param(k).value for k in dag.params})
     return bag
+
+
+_DEFAULTS: dict[str, dict[str, Any]] = {}
 
 
 def run(dag_id: str, conf: dict[str, Any]) -> tuple[Any, dict[str, str]]:
     """Runs one DAG run in-process; returns the DagRun and {task_id: state}."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
     dag = dagbag().dags[dag_id]
-    dr = dag.test(run_conf=conf)
-    states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+    # dag.test() runs every task in this process and leaves a run's conf in the tasks' params: pass every
+    # param explicitly (defaults as parsed) so one test's conf never leaks into the next run
+    dr = dag.test(run_conf={**_DEFAULTS[dag_id], **conf})
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == dr.run_id)
+        states = {ti.task_id: str(ti.state) for ti in tis}
     return dr, states
 
 

@@ -93,3 +93,21 @@ def test_reconnecting_client_loses_no_acknowledged_write(pool):
     assert probe.missing(old) == []
     assert served_version(old) == 16
     print(f"write probe: {len(probe.acked)} acknowledged, longest gap {probe.longest_gap():.2f}s")
+
+
+def test_cleanup_needs_confirmation_and_age_then_deletes_old(pool):
+    old = pool.new("15.18")
+    conf = upgrade_conf(pool, old, "16")
+    track_new(pool, old, conf)
+    dr, states = run("pg15_to_pg16_upgrade", conf)
+    assert dr.state == "success"
+    base = {"postgres_conn_id": conf["postgres_conn_id"], "upgrade_dag_id": "pg15_to_pg16_upgrade",
+            "upgrade_run_id": dr.run_id}
+    wrong, states = run("pg_major_upgrade_cleanup", {**base, "confirm_delete": "/somewhere/else", "min_age_hours": 0})
+    assert wrong.state == "failed" and states["check"] == "failed"
+    young, states = run("pg_major_upgrade_cleanup", {**base, "confirm_delete": old.datadir})  # default 24 h
+    assert young.state == "failed" and states["check"] == "failed"
+    assert Path(old.datadir, "PG_VERSION").exists()
+    ok, states = run("pg_major_upgrade_cleanup", {**base, "confirm_delete": old.datadir, "min_age_hours": 0})
+    assert ok.state == "success", states
+    assert not Path(old.datadir).exists() and served_version(old) == 16

@@ -1,0 +1,73 @@
+"""
+# Delete the old cluster after a major upgrade
+
+The seed's last step ("only after verifying 16 is working well"), made safe. `pg_upgrade --delete-old-cluster`
+does not exist; pg_upgrade writes `delete_old_cluster.sh`, which this DAG runs.
+
+## Prerequisites
+A successful upgrade run (its journal says clients were let into the new cluster); the new cluster running;
+no postmaster in the old data directory.
+
+## Impact
+None on the serving cluster. Afterwards the only way back to the old major is the backup (the rollback DAG then
+restores it, with `accept_data_loss`).
+
+## Steps
+1. `validate_params`, `acquire_lock`.
+2. `check` — the run finished an upgrade and was not rolled back; `confirm_delete` equals the old data
+   directory exactly; the new cluster has served at least `min_age_hours` (default 24); the new cluster runs and
+   the old one does not.
+3. `delete_old_cluster` — journals the deletion in the upgrade run's state first, then runs
+   `delete_old_cluster.sh` (tablespace subdirectories included) and removes the old data directory.
+4. `release_lock`.
+
+## Rollback
+Nothing to roll back: every check runs before anything is deleted.
+
+## Success criteria
+The old data directory is gone; the new cluster still serves.
+
+## Trigger
+`airflow dags trigger pg_major_upgrade_cleanup --conf '{"postgres_conn_id": "pg_main",
+"upgrade_dag_id": "pg15_to_pg16_upgrade", "upgrade_run_id": "<run id>",
+"confirm_delete": "/var/lib/postgresql/15/main"}'`
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import DAG, TriggerRule, task
+
+from pgupgrade import major
+from pgupgrade.airflow import runtime as rt
+
+F = major.CLEANUP_FIELDS
+
+with DAG(
+    dag_id="pg_major_upgrade_cleanup",
+    description="Deletes the old cluster after a verified major upgrade (explicit confirmation, minimum age)",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    tags=["postgresql", "upgrade", "major", "cleanup"],
+    default_args={"owner": "dba", "retries": 0},
+    params=rt.airflow_params(F),
+) as dag:
+    validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
+    lock = rt.step_task("acquire_lock", lambda rc: rc.lock.acquire(rc.dag_id, rc.run_id, rt.dagrun_alive), F,
+                        doc="Per-cluster lock.")
+    check = rt.step_task("check", major.cleanup_check, F, doc="Confirmation, minimum age, new running, old stopped.")
+    delete = rt.step_task("delete_old_cluster", major.delete_old_cluster, F, doc="delete_old_cluster.sh, then rm.")
+
+    @task(task_id="release_lock", trigger_rule=TriggerRule.ALL_DONE)
+    def release_lock() -> str:
+        rc = rt.run_context(F)
+        rc.lock.release(rc.dag_id, rc.run_id)
+        failed = rt.failed_tasks()
+        if failed:
+            raise rt.AirflowFailException(f"tasks failed: {', '.join(failed)}")
+        return "done"
+
+    validate >> lock >> check >> delete >> release_lock()
