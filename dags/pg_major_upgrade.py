@@ -22,13 +22,13 @@ copy and dump/restore time with the data size. The plan prints its estimate; the
    blockers, extensions in the new installation, disk space, `pg_upgrade --check` against a throwaway cluster
    that matches the old one, method and outage estimate), `dry_run_gate`.
 2. **prepare** — `backup` (globals + `pg_dump -Fd -j N` per database, verified, checksummed), `rehearsal`.
-3. **stop** — `window_guard`, `block_logins`, sensors `wait_no_clients` and `wait_queue_empty`, `snapshot_facts`,
+3. **stop** — `window_guard`, `stop_applications` (admin hook), `block_logins`, sensors `wait_no_clients` and `wait_queue_empty`, `snapshot_facts`,
    `stop_old`.
 4. **upgrade** — `choose_method` branches to `pg_upgrade` (link | copy | clone | swap) or `dump_restore`.
 5. **configure** — `configure_new` (configuration carried over correctly), `start_new_private`.
 6. **extension** — `update_extensions` (pg_upgrade's `update_extensions.sql`, metadata, triggers firing).
 7. **validate** — `validate_facts`, `health_check`, `refresh_tviews`, `analyze`, `performance`,
-   then `open_to_clients` (old port and sockets; logins given back).
+   then `open_to_clients` (old port and sockets; logins given back), `start_applications` (admin hook).
 8. **report** — JSON + Markdown.
 
 ## Rollback
@@ -138,6 +138,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 lambda rc: major.window_guard(rc, _plan(rc)["outage_estimate_s"]),
                 "Refuses to start the outage when the estimate does not fit the window.",
             )
+            stop_apps = rt.hook_task("stop_applications", F, spec, "Admin-configured hook (Variable pgupgrade_hooks).")
             block = step("block_logins", major.block_logins, "NOLOGIN for every login role but ours (recorded).")
             no_clients = rt.sensor_task(
                 "wait_no_clients",
@@ -161,7 +162,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 "Databases, roles, row counts, sizes, WAL position (content checksums if asked).",
             )
             stop = step("stop_old", major.stop_old, "Clean (fast) shutdown of the old cluster, confirmed down.")
-            window >> block >> no_clients >> queue >> snap >> stop
+            window >> stop_apps >> block >> no_clients >> queue >> snap >> stop
 
         with TaskGroup("upgrade") as g_upgrade:
 
@@ -216,7 +217,8 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 lambda rc: major.open_to_clients(rc, _plan(rc)),
                 "Restart on the old port and sockets; logins given back.",
             )
-            vf >> hc >> rf >> an >> pf >> op
+            start_apps = rt.hook_task("start_applications", F, spec, "Admin-configured hook (Variable pgupgrade_hooks).")
+            vf >> hc >> rf >> an >> pf >> op >> start_apps
 
         rep = step("report", lambda rc: major.write_report(rc, "success"), "JSON + Markdown report.")
         g_plan >> g_prepare >> g_stop >> g_upgrade >> g_conf >> g_ext >> g_val >> rep

@@ -89,3 +89,21 @@ def test_failure_after_new_cluster_started_restores_backup(pool, monkeypatch):
     aside = [p for p in Path(old.datadir).parent.iterdir() if p.name.startswith("data.failed-")]
     assert len(aside) == 1  # the old data directory is kept, never deleted
     assert os.stat(aside[0]).st_uid == __import__("pwd").getpwnam(OS_USER).pw_uid
+
+
+def test_failed_run_writes_a_failure_report_with_pg_upgrade_logs(pool, monkeypatch):
+    old = pool.new("15.18")
+    conf = upgrade_conf(pool, old, "16", transfer_mode="link")
+    conf["new_bindir"] = _failing_pg_upgrade_bindir(pool.root, "16")
+    track_new(pool, old, conf)
+    hooks_log = pool.root / "hooks.log"
+    monkeypatch.setenv("AIRFLOW_VAR_PGUPGRADE_HOOKS",
+                       '{"stop_applications": ["sh", "-c", "echo stopped >> %s"]}' % hooks_log)
+    dr, states = run("pg15_to_pg16_upgrade", conf)
+    assert dr.state == "failed" and states["stop.stop_applications"] == "success"
+    assert hooks_log.read_text() == "stopped\n"
+    rep = report_of(STATE, "pg15_to_pg16_upgrade", dr.run_id)
+    assert rep["status"] == "failed" and "upgrade.pg_upgrade" in rep["failure"]["failed_tasks"]
+    assert any("injected failure" in (e["error"] or "") for e in rep["failure"]["errors"])
+    assert rep["failure"]["pg_upgrade_logs"], "pg_upgrade_output.d logs belong in the failure report"
+    assert_rolled_back(old, "pg15_to_pg16_upgrade", dr.run_id, "restore_pg_control")

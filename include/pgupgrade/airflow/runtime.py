@@ -325,6 +325,8 @@ def failure_tail(dag: Any, rollback_dag_id: str, fields: list[Field]) -> None:
             rc = None
         if rc is not None and not state.happened("rollback_triggered"):
             rc.lock.release(dag_id, run_id)
+        if failed and rc is not None and state.events():
+            write_failure_report(rc, failed)
         if failed:
             raise AirflowFailException(f"tasks failed: {', '.join(failed)}")
         return "run finished"
@@ -397,3 +399,55 @@ def rollback_finish(fields: list[Field]) -> Any:
         return "lock released"
 
     return finish()
+
+
+HOOKS_VARIABLE = "pgupgrade_hooks"
+
+
+def admin_hook(name: str) -> list[str] | None:
+    """An argv from admin configuration (Airflow Variable pgupgrade_hooks, JSON {name: [argv...]}), never from
+    trigger conf. None when not configured."""
+    from airflow.sdk import Variable
+
+    raw = Variable.get(HOOKS_VARIABLE, default=None)
+    if not raw:
+        return None
+    hooks = json.loads(raw) if isinstance(raw, str) else raw
+    argv = hooks.get(name)
+    if argv is None:
+        return None
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise ConfigError(f"{HOOKS_VARIABLE}.{name}", "must be a non-empty JSON list of strings (an argv)")
+    return argv
+
+
+def hook_task(name: str, fields: list[Field], spec: dict[str, Any] | None, doc: str) -> Any:
+    """Runs an admin-configured command on the worker (e.g. stop or start the applications); skipped if none."""
+
+    def _run(rc: RunContext) -> str:
+        argv = admin_hook(name)
+        if argv is None:
+            return f"no {name} hook configured ({HOOKS_VARIABLE})"
+        from pgupgrade.commands import LocalHost
+
+        res = LocalHost(redactor=rc.host.redactor).run(argv, timeout=3600)
+        return f"{name}: exit {res.exit_code} in {res.duration_s:.1f}s"
+
+    return step_task(name, _run, fields, spec=spec, doc=doc)
+
+
+def write_failure_report(rc: RunContext, failed: list[str]) -> None:
+    """The report of a failed run: failed steps with their errors, pg_upgrade's logs, the server log tail."""
+    from pgupgrade import report
+    from pgupgrade.cluster import Service
+    from pgupgrade.scratch import log_tail
+
+    errors = [e for e in rc.state.events() if e["event"] == "step" and e["status"] == "failed"]
+    failure = {"failed_tasks": failed, "errors": [{"step": e["step"], "error": e.get("error")} for e in errors],
+               "pg_upgrade_logs": rc.state.load("pg_upgrade_logs")}
+    try:
+        failure["server_log_tail"] = log_tail(rc.host, Service(rc.cluster, rc.host))
+    except PgUpgradeError as exc:
+        failure["server_log_tail"] = f"unavailable: {exc}"
+    rep = report.build(rc.state, status="failed", extra={"failure": failure})
+    report.write(rc.state, rep)
