@@ -22,7 +22,7 @@ copy and dump/restore time with the data size. The plan prints its estimate; the
    blockers, extensions in the new installation, disk space, `pg_upgrade --check` against a throwaway cluster
    that matches the old one, method and outage estimate), `dry_run_gate`.
 2. **prepare** — `backup` (globals + `pg_dump -Fd -j N` per database, verified, checksummed), `rehearsal`.
-3. **stop** — `window_guard`, `stop_applications` (admin hook), `block_logins`, sensors `wait_no_clients` and `wait_queue_empty`, `snapshot_facts`,
+3. **stop** — `window_guard`, `stop_applications` (admin hook), `notify_outage_start`, `block_logins`, sensors `wait_no_clients` and `wait_queue_empty`, `snapshot_facts`,
    `stop_old`.
 4. **upgrade** — `choose_method` branches to `pg_upgrade` (link | copy | clone | swap) or `dump_restore`.
 5. **configure** — `configure_new` (configuration carried over correctly), `start_new_private`.
@@ -36,6 +36,11 @@ Any failed task → `handover_lock` → `trigger_rollback` starts `pg_major_upgr
 `rollback__<run_id>`; `finish` then fails the run. The DAG-level failure callback triggers the same run id
 through the REST API as a backstop. The rollback DAG decides its path from the journal and the old data
 directory (see its own documentation).
+
+## Alerts
+Outage start, success and failure go to the channels in the Airflow Variable `pgupgrade_notify`
+(`webhook_conn_id`: JSON POST; `email_to` + `smtp_conn_id`: the SMTP provider's `SmtpNotifier`), with cluster,
+DAG, step, error, run link and the report summary. The rollback DAG alerts when it has brought the old version back.
 
 ## Success criteria
 Facts (databases, roles, row counts per table, optional content checksums) equal before and after; health
@@ -54,6 +59,7 @@ from typing import Any
 from airflow.sdk import DAG, TaskGroup, TriggerRule, task
 
 from pgupgrade import major
+from pgupgrade.airflow import notifiers
 from pgupgrade.airflow import runtime as rt
 
 ROLLBACK_DAG_ID = "pg_major_upgrade_rollback"
@@ -85,7 +91,8 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
         tags=["postgresql", "upgrade", "major"],
         default_args={"owner": "dba", "retries": 0},
         params=rt.airflow_params(F),
-        on_failure_callback=rt.rollback_callback(ROLLBACK_DAG_ID),
+        on_failure_callback=[rt.rollback_callback(ROLLBACK_DAG_ID), notifiers.dag_callback("failure")],
+        on_success_callback=notifiers.dag_callback("success"),
     ) as dag:
         with TaskGroup("plan") as g_plan:
             check_rb = task(
@@ -139,6 +146,9 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 "Refuses to start the outage when the estimate does not fit the window.",
             )
             stop_apps = rt.hook_task("stop_applications", F, spec, "Admin-configured hook (Variable pgupgrade_hooks).")
+            alert = step("notify_outage_start", lambda rc: notifiers.send("outage_start", rc.dag_id, rc.run_id,
+                                                                          rc.cluster.name, None),
+                         "Alerts the configured channels (Variable pgupgrade_notify) that the outage starts.")
             block = step("block_logins", major.block_logins, "NOLOGIN for every login role but ours (recorded).")
             no_clients = rt.sensor_task(
                 "wait_no_clients",
@@ -162,7 +172,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 "Databases, roles, row counts, sizes, WAL position (content checksums if asked).",
             )
             stop = step("stop_old", major.stop_old, "Clean (fast) shutdown of the old cluster, confirmed down.")
-            window >> stop_apps >> block >> no_clients >> queue >> snap >> stop
+            window >> stop_apps >> alert >> block >> no_clients >> queue >> snap >> stop
 
         with TaskGroup("upgrade") as g_upgrade:
 

@@ -37,6 +37,7 @@ from typing import Any
 from airflow.sdk import DAG, TriggerRule, task
 
 from pgupgrade import rollback
+from pgupgrade.airflow import notifiers
 from pgupgrade.airflow import runtime as rt
 from pgupgrade.state import RunState
 
@@ -62,6 +63,8 @@ with DAG(
     tags=["postgresql", "upgrade", "major", "rollback"],
     default_args={"owner": "dba", "retries": 0},
     params=rt.airflow_params(F),
+    on_success_callback=notifiers.dag_callback("rollback"),
+    on_failure_callback=notifiers.dag_callback("failure"),
 ) as dag:
     validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
     lock = _step(

@@ -1,0 +1,49 @@
+"""Alert messages: what a DBA needs at a glance — cluster, DAG, step, error, run link, report summary and the
+failing log excerpt. Built from the run's state; no secrets (the runner already redacted command output)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pgupgrade.state import RunState
+
+EVENTS = ("outage_start", "success", "failure", "rollback")
+
+
+def message(event: str, state: RunState, *, cluster: str | None, run_link: str | None) -> dict[str, Any]:
+    if event not in EVENTS:
+        raise ValueError(f"unknown event {event!r}; known: {', '.join(EVENTS)}")
+    events = state.events()
+    failed = [e for e in events if e["event"] == "step" and e["status"] == "failed"]
+    plan = state.load("plan") or {}
+    opened, blocked = state.first("opened"), state.first("logins_blocked")
+    summary = {
+        "from": (plan.get("old") or {}).get("version"),
+        "to": (plan.get("new") or {}).get("version"),
+        "method": plan.get("method"),
+        "estimated_outage_s": plan.get("outage_estimate_s"),
+        "outage_started": blocked["at"] if blocked else None,
+        "opened": opened["at"] if opened else None,
+    }
+    msg = {
+        "event": event,
+        "dag_id": state.dag_id,
+        "run_id": state.run_id,
+        "cluster": cluster,
+        "run_link": run_link,
+        "summary": summary,
+        "failed_step": failed[-1]["step"] if failed else None,
+        "error": (failed[-1].get("error") or "")[-2000:] if failed else None,
+        "report": state.load("report"),
+    }
+    title = {"outage_start": "outage starts", "success": "succeeded", "failure": "FAILED", "rollback": "rolled back"}
+    msg["subject"] = f"[pgupgrade] {state.dag_id} on {cluster or '?'} {title[event]}"
+    return msg
+
+
+def as_text(msg: dict[str, Any]) -> str:
+    lines = [msg["subject"], "", f"run: {msg['run_id']}", f"link: {msg['run_link'] or '-'}"]
+    lines += [f"{k}: {v}" for k, v in msg["summary"].items() if v is not None]
+    if msg["failed_step"]:
+        lines += ["", f"failed step: {msg['failed_step']}", "", str(msg["error"])]
+    return "\n".join(lines)

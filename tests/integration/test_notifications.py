@@ -1,0 +1,69 @@
+"""Alerts through Airflow notifiers (our webhook notifier) and secrets kept out of logs, reports and alerts."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from airflow_helpers import run, run_triggered_rollback
+from conftest import register_connection
+from pgharness import APP_DB
+from test_major_upgrade import upgrade_conf
+
+from pgupgrade.sql import connect
+
+pytestmark = pytest.mark.usefixtures("airflow_home")
+SECRET = "S3cret-Pa55word-for-the-test"
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_failure_alerts_and_no_secret_anywhere(pool, monkeypatch, capfd):
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Receiver.received.clear()
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS", json.dumps({"conn_type": "http", "host": "127.0.0.1",
+                                                          "port": server.server_port, "schema": "hook"}))
+    monkeypatch.setenv("AIRFLOW_VAR_PGUPGRADE_NOTIFY", json.dumps({"webhook_conn_id": "alerts"}))
+    old = pool.new("15.18")
+    with connect(old) as conn, conn.cursor() as cur:  # trust auth ignores it, but it is the connection's secret
+        cur.execute("ALTER ROLE postgres PASSWORD %s", (SECRET,))
+    with connect(old, APP_DB) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO orders (customer, amount) VALUES ('pending', 1)")  # the queue never drains
+    secret_old = replace(old, password=SECRET)
+    conf = upgrade_conf(pool, old, "16", queue_wait_timeout_s=1)
+    conf["postgres_conn_id"] = register_connection(secret_old, "pg_with_password")
+    try:
+        dr, states = run("pg15_to_pg16_upgrade", conf)
+        assert dr.state == "failed"
+        rb, _ = run_triggered_rollback("pg_major_upgrade_rollback", dr.run_id)
+        assert rb.state == "success"
+    finally:
+        server.shutdown()
+    events = [m["event"] for m in Receiver.received]
+    assert events == ["outage_start", "failure", "rollback"], events
+    failure = Receiver.received[1]
+    assert failure["cluster"] == "pg_with_password" and failure["failed_step"] == "wait_queue_empty"
+    assert "queue_wait_timeout_s" in failure["error"] and failure["dag_id"] == "pg15_to_pg16_upgrade"
+    out, err = capfd.readouterr()
+    assert SECRET not in out + err, "password in task logs"
+    assert SECRET not in json.dumps(Receiver.received), "password in an alert"
+    for path in Path(os.environ["PGUPGRADE_STATE_DIR"]).rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text(errors="replace"), f"password in {path}"
