@@ -6,7 +6,12 @@ bash "$HERE/install.sh"
 # shellcheck source=include/scripts/env.sh
 source "$HERE/env.sh"
 cd "$ROOT"
-echo "== ruff"; ruff check . && ruff format --check .
-echo "== mypy"; mypy
-echo "== hadolint"; hadolint Dockerfile
-echo "== pytest"; python -m pytest "$@"
+echo "== ruff"
+ruff check .
+ruff format --check .
+echo "== mypy"
+mypy
+echo "== hadolint"
+hadolint Dockerfile
+echo "== pytest"
+python -m pytest "$@"
