@@ -3,7 +3,8 @@
 
 One DAG per guide, all from one factory, plus `pg_major_upgrade`, which goes from any supported major straight
 to `target_major` (pg_upgrade and dump/restore both support skipping majors). Each task is a step of the
-runbook; the run's journal, plan, facts and report live in the state directory (`PGUPGRADE_STATE_DIR`), so a rollback decides from facts on disk.
+runbook; the run's journal, plan, facts and report live in the state directory (`PGUPGRADE_STATE_DIR`), so a
+rollback decides from facts on disk.
 
 ## Prerequisites
 - The new major installed beside the old one (`new_bindir`, or found automatically), with every extension the
@@ -22,8 +23,8 @@ copy and dump/restore time with the data size. The plan prints its estimate; the
    blockers, extensions in the new installation, disk space, `pg_upgrade --check` against a throwaway cluster
    that matches the old one, method and outage estimate), `dry_run_gate`.
 2. **prepare** — `backup` (globals + `pg_dump -Fd -j N` per database, verified, checksummed), `rehearsal`.
-3. **stop** — `window_guard`, `stop_applications` (admin hook), `notify_outage_start`, `block_logins`, sensors `wait_no_clients` and `wait_queue_empty`, `snapshot_facts`,
-   `stop_old`.
+3. **stop** — `window_guard`, `stop_applications` (admin hook), `notify_outage_start`, `block_logins`,
+   sensors `wait_no_clients` and `wait_queue_empty`, `snapshot_facts`, `stop_old`.
 4. **upgrade** — `choose_method` branches to `pg_upgrade` (link | copy | clone | swap) or `dump_restore`.
 5. **configure** — `configure_new` (configuration carried over correctly), `start_new_private`.
 6. **extension** — `update_extensions` (pg_upgrade's `update_extensions.sql`, metadata, triggers firing).
@@ -112,18 +113,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 "Support matrix, blockers, extensions, space, method, estimate. No side effects.",
             )
 
-            @task.short_circuit(task_id="dry_run_gate", ignore_downstream_trigger_rules=False)
-            def dry_run_gate(plan_: dict[str, Any], **context: Any) -> bool:
-                """Stops here for dry runs and clusters already on the target major (green, untouched)."""
-                if plan_.get("already_upgraded"):
-                    print(f"nothing to do: {plan_['reason']}")
-                    return False
-                if context["params"]["dry_run"]:
-                    print("dry run, the plan:\n" + __import__("json").dumps(plan_, indent=2))
-                    return False
-                return True
-
-            gate = dry_run_gate(plan)
+            gate = rt.dry_run_gate(plan)
             check_rb >> validate >> lock >> plan
 
         with TaskGroup("prepare") as g_prepare:
@@ -146,9 +136,11 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 "Refuses to start the outage when the estimate does not fit the window.",
             )
             stop_apps = rt.hook_task("stop_applications", F, spec, "Admin-configured hook (Variable pgupgrade_hooks).")
-            alert = step("notify_outage_start", lambda rc: notifiers.send("outage_start", rc.dag_id, rc.run_id,
-                                                                          rc.cluster.name, None),
-                         "Alerts the configured channels (Variable pgupgrade_notify) that the outage starts.")
+            alert = step(
+                "notify_outage_start",
+                lambda rc: notifiers.send("outage_start", rc.dag_id, rc.run_id, rc.cluster.name, None),
+                "Alerts the configured channels (Variable pgupgrade_notify) that the outage starts.",
+            )
             block = step("block_logins", major.block_logins, "NOLOGIN for every login role but ours (recorded).")
             no_clients = rt.sensor_task(
                 "wait_no_clients",
@@ -227,7 +219,9 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 lambda rc: major.open_to_clients(rc, _plan(rc)),
                 "Restart on the old port and sockets; logins given back.",
             )
-            start_apps = rt.hook_task("start_applications", F, spec, "Admin-configured hook (Variable pgupgrade_hooks).")
+            start_apps = rt.hook_task(
+                "start_applications", F, spec, "Admin-configured hook (Variable pgupgrade_hooks)."
+            )
             vf >> hc >> rf >> an >> pf >> op >> start_apps
 
         rep = step("report", lambda rc: major.write_report(rc, "success"), "JSON + Markdown report.")

@@ -56,8 +56,9 @@ with DAG(
     params=rt.airflow_params(F),
 ) as dag:
     validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
-    lock = rt.step_task("acquire_lock", lambda rc: rc.lock.acquire(rc.dag_id, rc.run_id, rt.dagrun_alive), F,
-                        doc="Per-cluster lock.")
+    lock = rt.step_task(
+        "acquire_lock", lambda rc: rc.lock.acquire(rc.dag_id, rc.run_id, rt.dagrun_alive), F, doc="Per-cluster lock."
+    )
     check = rt.step_task("check", major.cleanup_check, F, doc="Confirmation, minimum age, new running, old stopped.")
     delete = rt.step_task("delete_old_cluster", major.delete_old_cluster, F, doc="delete_old_cluster.sh, then rm.")
 

@@ -114,14 +114,4 @@ with DAG(
         trigger_rule=TriggerRule.ALL_DONE,
     )
 
-    @task(task_id="finish", trigger_rule=TriggerRule.ALL_DONE, doc_md="Releases the lock, or marks it.")
-    def finish() -> str:
-        rc = rt.run_context(F)
-        failed = rt.failed_tasks()
-        if failed:
-            rc.lock.needs_attention(rc.dag_id, rc.run_id, f"rollback run failed in {', '.join(failed)}")
-            raise rt.AirflowFailException(f"rollback failed in {', '.join(failed)}; the cluster lock is kept")
-        rc.lock.release(rc.dag_id, rc.run_id)
-        return "lock released"
-
-    validate >> lock >> assess() >> [back, restore] >> verify >> report >> finish()
+    validate >> lock >> assess() >> [back, restore] >> verify >> report >> rt.rollback_finish(F)

@@ -41,13 +41,18 @@ def take(
     if host.run(["find", backup_dir, "-mindepth", "1", "-print", "-quit"], user=user).stdout.strip():
         raise CheckFailed(f"backup_dir {backup_dir} is not empty; give each run its own directory")
     started = now_iso()
-    host.run([f"{bindir}/pg_dumpall", "--globals-only", "-f", f"{backup_dir}/{GLOBALS}"], user=user, env=env,
-             timeout=600)
+    host.run(
+        [f"{bindir}/pg_dumpall", "--globals-only", "-f", f"{backup_dir}/{GLOBALS}"], user=user, env=env, timeout=600
+    )
     dumps: dict[str, dict[str, Any]] = {}
     for db in databases:
         target = f"{backup_dir}/db-{safe_name(db)}"
-        host.run([f"{bindir}/pg_dump", "-Fd", "-j", str(jobs), "-f", target, "-d", db], user=user,
-                 env=cluster.libpq_env(db), timeout=24 * 3600)
+        host.run(
+            [f"{bindir}/pg_dump", "-Fd", "-j", str(jobs), "-f", target, "-d", db],
+            user=user,
+            env=cluster.libpq_env(db),
+            timeout=24 * 3600,
+        )
         toc = host.run([f"{bindir}/pg_restore", "-l", target], user=user, timeout=600).stdout
         entries = [line for line in toc.splitlines() if line and not line.startswith(";")]  # readable
         dumps[db] = {"dir": target, "toc_entries": len(entries)}
@@ -76,14 +81,20 @@ def restore(cluster: Cluster, host: Host, manifest: dict[str, Any], *, jobs: int
     """Restores globals and every database into a running cluster with no user databases yet."""
     user = cluster.os_user
     psql = cluster.bin("psql")
-    res = host.run([psql, "-X", "-q", "-d", "postgres", "-f", f"{manifest['backup_dir']}/{GLOBALS}"],
-                   user=user, env=cluster.libpq_env("postgres"), timeout=600, check=False)
+    res = host.run(
+        [psql, "-X", "-q", "-d", "postgres", "-f", f"{manifest['backup_dir']}/{GLOBALS}"],
+        user=user,
+        env=cluster.libpq_env("postgres"),
+        timeout=600,
+        check=False,
+    )
     errors = [ln for ln in res.stderr.splitlines() if "ERROR" in ln and "already exists" not in ln]
     if res.exit_code != 0 or errors:
         raise CommandError(res.argv, res.exit_code, "\n".join(errors) or res.stderr)
     existing = set(
-        host.run([psql, "-X", "-At", "-c", "SELECT datname FROM pg_database"], user=user,
-                 env=cluster.libpq_env("postgres")).stdout.split()
+        host.run(
+            [psql, "-X", "-At", "-c", "SELECT datname FROM pg_database"], user=user, env=cluster.libpq_env("postgres")
+        ).stdout.split()
     )
     for db, meta in manifest["databases"].items():
         argv = [cluster.bin("pg_restore"), "-j", str(jobs), "--exit-on-error"]

@@ -184,7 +184,8 @@ def plan(ctx: RunContext) -> dict[str, Any]:
     from_major = ctx.spec.get("from_major") or running.major
     if running.major not in SUPPORTED_MAJORS:
         raise PlanError(
-            f"PostgreSQL {running} is not supported (supported: {SUPPORTED_MAJORS.start} to {SUPPORTED_MAJORS.stop - 1})"
+            f"PostgreSQL {running} is not supported "
+            f"(supported: {SUPPORTED_MAJORS.start} to {SUPPORTED_MAJORS.stop - 1})"
         )
     old_inst = versions.inspect(old.bindir, host)
     if running.major == to_major:
@@ -806,15 +807,41 @@ def write_report(ctx: RunContext, status: str, extra: dict[str, Any] | None = No
 
 CLEANUP_FIELDS: list[Field] = [
     COMMON[0],
-    Field("upgrade_dag_id", "string", "pg15_to_pg16_upgrade", "Upgrade DAG", "The DAG of the finished upgrade run.",
-          "Run", kind="conn_id"),
-    Field("upgrade_run_id", "string", "", "Upgrade run id", "The successful upgrade run whose old cluster to delete.",
-          "Run"),
-    Field("confirm_delete", "string", "", "Confirm: old data directory",
-          "Type the old data directory's path exactly: nothing is deleted otherwise.", "Safety"),
-    Field("min_age_hours", "integer", 24, "Minimum age (h)",
-          "Refuse until the new cluster has served clients this long (the guide's 'after verifying it works').",
-          "Safety", minimum=0, maximum=24 * 365),
+    Field(
+        "upgrade_dag_id",
+        "string",
+        "pg15_to_pg16_upgrade",
+        "Upgrade DAG",
+        "The DAG of the finished upgrade run.",
+        "Run",
+        kind="conn_id",
+    ),
+    Field(
+        "upgrade_run_id",
+        "string",
+        "",
+        "Upgrade run id",
+        "The successful upgrade run whose old cluster to delete.",
+        "Run",
+    ),
+    Field(
+        "confirm_delete",
+        "string",
+        "",
+        "Confirm: old data directory",
+        "Type the old data directory's path exactly: nothing is deleted otherwise.",
+        "Safety",
+    ),
+    Field(
+        "min_age_hours",
+        "integer",
+        24,
+        "Minimum age (h)",
+        "Refuse until the new cluster has served clients this long (the guide's 'after verifying it works').",
+        "Safety",
+        minimum=0,
+        maximum=24 * 365,
+    ),
 ]
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from psycopg2.extensions import connection
 from psycopg2 import sql as psql
+from psycopg2.extensions import connection
 
 from pgupgrade.errors import ConfigError
 from pgupgrade.sql import fetch, scalar
@@ -93,7 +93,9 @@ class ExtensionProfile:
         that is rolled back: no data changes."""
         failures: list[str] = []
         q = psql.SQL("SELECT {}, {} FROM {} ORDER BY 1").format(
-            psql.Identifier(self.entity_column), psql.Identifier(self.backing_column), psql.Identifier(self.metadata_table)
+            psql.Identifier(self.entity_column),
+            psql.Identifier(self.backing_column),
+            psql.Identifier(self.metadata_table),
         )
         for entity, backing in fetch(conn, q):
             with conn.cursor() as cur:

@@ -87,7 +87,10 @@ def markdown(rep: dict[str, Any]) -> str:
         ]
     if rep.get("outage"):
         o = rep["outage"]
-        lines.append(f"- Measured outage (logins blocked → clients let in): {o['seconds']} s")
+        if o["seconds"] is None:
+            lines.append(f"- Outage began {o['from']} and had not ended when the report was written")
+        else:
+            lines.append(f"- Measured outage (logins blocked → clients let in): {o['seconds']} s")
     if rep.get("server_down_seconds") is not None:
         lines.append(f"- Server down (old stopped → new started for clients): {rep['server_down_seconds']} s")
     if rep.get("backup_dir"):

@@ -56,7 +56,9 @@ def connect(
         conn.close()
 
 
-def fetch(conn: psycopg2.extensions.connection, query: str | sql.Composable, params: Params = None) -> list[tuple[Any, ...]]:
+def fetch(
+    conn: psycopg2.extensions.connection, query: str | sql.Composable, params: Params = None
+) -> list[tuple[Any, ...]]:
     with conn.cursor() as cur:
         cur.execute(query, params)
         return cur.fetchall() if cur.description else []

@@ -94,6 +94,10 @@ class RunState:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    def side_effects(self) -> list[dict[str, Any]]:
+        """Journal events that record a change (every destructive step journals before it acts)."""
+        return [e for e in self.events() if e["event"] != "step" and not e["event"].startswith("sensor_started:")]
+
     def happened(self, event: str) -> bool:
         return any(e["event"] == event for e in self.events())
 

@@ -32,8 +32,13 @@ def main() -> int:
         old = pool.new("15.18", "demo15")
         print(f"throwaway cluster: PostgreSQL {installation('15.18').version} in {old.datadir} (port {old.port})")
         home = Path(old.datadir).parent
-        conf = {"postgres_conn_id": "demo15", "target_major": newest, "transfer_mode": "link",
-                "new_datadir": str(home / f"data{newest}"), "backup_dir": str(home / "backup")}
+        conf = {
+            "postgres_conn_id": "demo15",
+            "target_major": newest,
+            "transfer_mode": "link",
+            "new_datadir": str(home / f"data{newest}"),
+            "backup_dir": str(home / "backup"),
+        }
         airflow_home = work / "airflow"
         env = {
             **os.environ,
@@ -42,15 +47,27 @@ def main() -> int:
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "PGUPGRADE_STATE_DIR": str(work / "state"),
-            "AIRFLOW_CONN_DEMO15": json.dumps({"conn_type": "postgres", "host": old.host, "port": old.port,
-                                               "login": "postgres", "schema": "postgres", "extra": old.to_extra()}),
+            "AIRFLOW_CONN_DEMO15": json.dumps(
+                {
+                    "conn_type": "postgres",
+                    "host": old.host,
+                    "port": old.port,
+                    "login": "postgres",
+                    "schema": "postgres",
+                    "extra": old.to_extra(),
+                }
+            ),
         }
         airflow = [sys.executable, "-m", "airflow"]
         subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True)
         print(f"running pg_major_upgrade 15 → {newest} through Airflow (log: {work / 'dag-test.log'}) …")
         with open(work / "dag-test.log", "w") as log:
-            rc = subprocess.run([*airflow, "dags", "test", "pg_major_upgrade", "--conf", json.dumps(conf)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+            rc = subprocess.run(
+                [*airflow, "dags", "test", "pg_major_upgrade", "--conf", json.dumps(conf)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            ).returncode
         runs = sorted((work / "state" / "reports").glob("*/*.md"), key=lambda p: p.stat().st_mtime)
         if not runs:
             print(f"no report written; see {work / 'dag-test.log'}")
@@ -60,8 +77,10 @@ def main() -> int:
         pool.track(new)
         with connect(old, "app") as conn:
             print(f"cluster now answers on port {old.port}: {scalar(conn, 'SELECT version()')}")
-            print(f"orders rows: {scalar(conn, 'SELECT count(*) FROM orders')}, "
-                  f"pg_tviews {scalar(conn, 'SELECT pg_tviews_version()')}")
+            print(
+                f"orders rows: {scalar(conn, 'SELECT count(*) FROM orders')}, "
+                f"pg_tviews {scalar(conn, 'SELECT pg_tviews_version()')}"
+            )
         print(f"report: {runs[-1]} (JSON beside it); run state under {work / 'state'}")
         return rc
     finally:

@@ -49,11 +49,31 @@ def test_cross_field_checks():
 
 hostile_text = st.one_of(
     st.text(max_size=300),
-    st.sampled_from(["", "..", "../etc", "/a/../b", "/x;id", "/x`id`", "/x$(id)", "/x\nid", "'; DROP TABLE x; --",
-                     "/" + "a" * 5000, "\x00", "/tmp/ok"]),
+    st.sampled_from(
+        [
+            "",
+            "..",
+            "../etc",
+            "/a/../b",
+            "/x;id",
+            "/x`id`",
+            "/x$(id)",
+            "/x\nid",
+            "'; DROP TABLE x; --",
+            "/" + "a" * 5000,
+            "\x00",
+            "/tmp/ok",
+        ]
+    ),
 )
-values = st.one_of(hostile_text, st.integers(), st.booleans(), st.none(), st.lists(st.text(max_size=5), max_size=3),
-                   st.floats(allow_nan=True))
+values = st.one_of(
+    hostile_text,
+    st.integers(),
+    st.booleans(),
+    st.none(),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.floats(allow_nan=True),
+)
 
 
 @settings(max_examples=1200, deadline=None)

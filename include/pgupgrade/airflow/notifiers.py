@@ -57,8 +57,14 @@ def notifiers_for(msg: dict[str, Any]) -> list[BaseNotifier]:
     if cfg.get("email_to"):
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-        out.append(SmtpNotifier(to=cfg["email_to"], smtp_conn_id=cfg.get("smtp_conn_id", "smtp_default"),
-                                subject=msg["subject"], html_content=f"<pre>{as_text(msg)}</pre>"))
+        out.append(
+            SmtpNotifier(
+                to=cfg["email_to"],
+                smtp_conn_id=cfg.get("smtp_conn_id", "smtp_default"),
+                subject=msg["subject"],
+                html_content=f"<pre>{as_text(msg)}</pre>",
+            )
+        )
     return out
 
 

@@ -58,8 +58,12 @@ def validated(fields: list[Field], extra_check: Callable[[dict[str, Any]], Any] 
     return clean
 
 
-def run_context(fields: list[Field], spec: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-                state_of: tuple[str, str] | None = None) -> RunContext:
+def run_context(
+    fields: list[Field],
+    spec: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    state_of: tuple[str, str] | None = None,
+) -> RunContext:
     ctx = get_current_context()
     clean = params if params is not None else validated(fields)
     cluster = cluster_from_conn_id(clean["postgres_conn_id"])
@@ -95,8 +99,13 @@ def journaled(state: RunState, step: str, fn: Callable[[], Any]) -> Any:
         state.record("step", step=step, status="skipped", seconds=round(time.monotonic() - started, 3))
         raise
     except Exception as exc:
-        state.record("step", step=step, status="failed", seconds=round(time.monotonic() - started, 3),
-                     error=f"{type(exc).__name__}: {exc}"[:4000])
+        state.record(
+            "step",
+            step=step,
+            status="failed",
+            seconds=round(time.monotonic() - started, 3),
+            error=f"{type(exc).__name__}: {exc}"[:4000],
+        )
         if isinstance(exc, ConfigError | PgUpgradeError):
             raise AirflowFailException(str(exc)) from exc
         raise
@@ -108,9 +117,17 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str)) if value is not None else None
 
 
-def step_task(task_id: str, fn: Callable[[RunContext], Any], fields: list[Field], *, spec: dict[str, Any] | None = None,
-              doc: str, **task_kwargs: Any) -> Any:
+def step_task(
+    task_id: str,
+    fn: Callable[[RunContext], Any],
+    fields: list[Field],
+    *,
+    spec: dict[str, Any] | None = None,
+    doc: str,
+    **task_kwargs: Any,
+) -> Any:
     """A task that runs one library step with a fresh RunContext; destructive steps are never retried."""
+
     def _run() -> Any:
         rc = run_context(fields, spec)
         return _jsonable(journaled(rc.state, task_id, lambda: fn(rc)))
@@ -180,8 +197,7 @@ def _api() -> tuple[str, dict[str, str]] | None:
         base = f"{base}:{conn.port}"
     if not base.startswith("http"):
         base = f"http://{base}"
-    token = requests.post(f"{base}/auth/token", json={"username": conn.login, "password": conn.password},
-                          timeout=10)
+    token = requests.post(f"{base}/auth/token", json={"username": conn.login, "password": conn.password}, timeout=10)
     token.raise_for_status()
     return base, {"Authorization": f"Bearer {token.json()['access_token']}"}
 
@@ -221,8 +237,12 @@ def trigger_via_api(dag_id: str, run_id: str, conf: dict[str, Any]) -> str:
     import requests
 
     base, headers = api
-    resp = requests.post(f"{base}/api/v2/dags/{dag_id}/dagRuns", headers=headers, timeout=10,
-                         json={"dag_run_id": run_id, "logical_date": None, "conf": conf})
+    resp = requests.post(
+        f"{base}/api/v2/dags/{dag_id}/dagRuns",
+        headers=headers,
+        timeout=10,
+        json={"dag_run_id": run_id, "logical_date": None, "conf": conf},
+    )
     if resp.status_code == 409:
         return f"{dag_id} run {run_id} already exists"
     resp.raise_for_status()
@@ -241,16 +261,25 @@ def rollback_callback(rollback_dag_id: str) -> Callable[[dict[str, Any]], None]:
         if not RunState.for_run(dag_id, run_id).events():
             log.info("run %s changed nothing: no rollback needed", run_id)
             return
-        conf = {"upgrade_dag_id": dag_id, "upgrade_run_id": run_id,
-                "postgres_conn_id": (dag_run.conf or {}).get("postgres_conn_id") or context["params"].get(
-                    "postgres_conn_id")}
+        conf = {
+            "upgrade_dag_id": dag_id,
+            "upgrade_run_id": run_id,
+            "postgres_conn_id": (dag_run.conf or {}).get("postgres_conn_id")
+            or context["params"].get("postgres_conn_id"),
+        }
         log.info(trigger_via_api(rollback_dag_id, rollback_run_id(run_id), conf))
 
     return _callback
 
 
-def sensor_task(task_id: str, fn: Callable[[RunContext], bool], fields: list[Field], spec: dict[str, Any],
-                timeout_param: str, doc: str) -> Any:
+def sensor_task(
+    task_id: str,
+    fn: Callable[[RunContext], bool],
+    fields: list[Field],
+    spec: dict[str, Any],
+    timeout_param: str,
+    doc: str,
+) -> Any:
     """A poke-mode sensor (0.5 s interval: it runs inside the outage) with its deadline from a param."""
 
     @task.sensor(task_id=task_id, poke_interval=0.5, timeout=7 * 24 * 3600, mode="poke", doc_md=doc, retries=0)
@@ -269,8 +298,13 @@ def sensor_task(task_id: str, fn: Callable[[RunContext], bool], fields: list[Fie
             rc.state.record("step", step=task_id, status="success", seconds=round(waited, 3))
             return True
         if waited > rc.params[timeout_param]:
-            rc.state.record("step", step=task_id, status="failed", seconds=round(waited, 3),
-                            error=f"still waiting after {timeout_param}={rc.params[timeout_param]}s")
+            rc.state.record(
+                "step",
+                step=task_id,
+                status="failed",
+                seconds=round(waited, 3),
+                error=f"still waiting after {timeout_param}={rc.params[timeout_param]}s",
+            )
             raise AirflowFailException(f"{task_id}: gave up after {rc.params[timeout_param]}s ({timeout_param})")
         return False
 
@@ -283,8 +317,12 @@ def failure_tail(dag: Any, rollback_dag_id: str, fields: list[Field]) -> None:
 
     upstream = list(dag.tasks)
 
-    @task.short_circuit(task_id="handover_lock", trigger_rule="one_failed", ignore_downstream_trigger_rules=False,
-                        doc_md="Hands the cluster lock to the rollback run (only if this run holds it).")
+    @task.short_circuit(
+        task_id="handover_lock",
+        trigger_rule="one_failed",
+        ignore_downstream_trigger_rules=False,
+        doc_md="Hands the cluster lock to the rollback run (only if this run holds it).",
+    )
     def handover_lock() -> bool:
         ctx = get_current_context()
         dag_id, run_id = ctx["dag"].dag_id, ctx["run_id"]
@@ -297,6 +335,9 @@ def failure_tail(dag: Any, rollback_dag_id: str, fields: list[Field]) -> None:
         if not holder or (holder["dag_id"], holder["run_id"]) != (dag_id, run_id):
             log.info("no rollback: this run never held the cluster lock (holder: %s)", holder)
             return False
+        if not rc.state.side_effects():
+            log.info("no rollback: the run failed before it changed anything (only read-only steps ran)")
+            return False
         rc.lock.hand_over(dag_id, run_id, rollback_dag_id, rollback_run_id(run_id))
         rc.state.record("rollback_triggered", dag_id=rollback_dag_id, run_id=rollback_run_id(run_id))
         return True
@@ -305,15 +346,22 @@ def failure_tail(dag: Any, rollback_dag_id: str, fields: list[Field]) -> None:
         task_id="trigger_rollback",
         trigger_dag_id=rollback_dag_id,
         trigger_run_id="rollback__{{ run_id }}",
-        conf={"upgrade_dag_id": "{{ dag.dag_id }}", "upgrade_run_id": "{{ run_id }}",
-              "postgres_conn_id": "{{ params.postgres_conn_id }}"},
+        conf={
+            "upgrade_dag_id": "{{ dag.dag_id }}",
+            "upgrade_run_id": "{{ run_id }}",
+            "postgres_conn_id": "{{ params.postgres_conn_id }}",
+        },
         skip_when_already_exists=True,
         wait_for_completion=False,
         retries=0,
     )
 
-    @task(task_id="finish", trigger_rule="all_done", retries=0,
-          doc_md="Releases the lock on success; fails the run when any task failed.")
+    @task(
+        task_id="finish",
+        trigger_rule="all_done",
+        retries=0,
+        doc_md="Releases the lock on success; fails the run when any task failed.",
+    )
     def finish() -> str:
         ctx = get_current_context()
         dag_id, run_id = ctx["dag"].dag_id, ctx["run_id"]
@@ -362,8 +410,11 @@ def dry_run_gate(plan: Any) -> Any:
     """Short-circuits after the plan for dry runs and for clusters already where the run would take them
     (``plan["already_upgraded"]``): the run ends green and the cluster untouched."""
 
-    @task.short_circuit(task_id="dry_run_gate", ignore_downstream_trigger_rules=False,
-                        doc_md="Stops here for dry runs and clusters already on the target (green, untouched).")
+    @task.short_circuit(
+        task_id="dry_run_gate",
+        ignore_downstream_trigger_rules=False,
+        doc_md="Stops here for dry runs and clusters already on the target (green, untouched).",
+    )
     def _gate(plan_: dict[str, Any], **context: Any) -> bool:
         if plan_.get("already_upgraded"):
             log.info("nothing to do: %s", plan_.get("reason"))
@@ -379,8 +430,9 @@ def dry_run_gate(plan: Any) -> Any:
 def take_over_lock(rc: RunContext) -> str:
     """A rollback run's lock step: takes the cluster lock over from the upgrade run it cleans up after
     (params ``upgrade_dag_id``/``upgrade_run_id``)."""
-    line = rc.lock.acquire(rc.dag_id, rc.run_id, dagrun_alive,
-                           heir_of=(rc.params["upgrade_dag_id"], rc.params["upgrade_run_id"]))
+    line = rc.lock.acquire(
+        rc.dag_id, rc.run_id, dagrun_alive, heir_of=(rc.params["upgrade_dag_id"], rc.params["upgrade_run_id"])
+    )
     return str(line)
 
 
@@ -407,12 +459,7 @@ HOOKS_VARIABLE = "pgupgrade_hooks"
 def admin_hook(name: str) -> list[str] | None:
     """An argv from admin configuration (Airflow Variable pgupgrade_hooks, JSON {name: [argv...]}), never from
     trigger conf. None when not configured."""
-    from airflow.sdk import Variable
-
-    raw = Variable.get(HOOKS_VARIABLE, default=None)
-    if not raw:
-        return None
-    hooks = json.loads(raw) if isinstance(raw, str) else raw
+    hooks = admin_json_variable(HOOKS_VARIABLE) or {}
     argv = hooks.get(name)
     if argv is None:
         return None
@@ -443,8 +490,11 @@ def write_failure_report(rc: RunContext, failed: list[str]) -> None:
     from pgupgrade.scratch import log_tail
 
     errors = [e for e in rc.state.events() if e["event"] == "step" and e["status"] == "failed"]
-    failure = {"failed_tasks": failed, "errors": [{"step": e["step"], "error": e.get("error")} for e in errors],
-               "pg_upgrade_logs": rc.state.load("pg_upgrade_logs")}
+    failure = {
+        "failed_tasks": failed,
+        "errors": [{"step": e["step"], "error": e.get("error")} for e in errors],
+        "pg_upgrade_logs": rc.state.load("pg_upgrade_logs"),
+    }
     try:
         failure["server_log_tail"] = log_tail(rc.host, Service(rc.cluster, rc.host))
     except PgUpgradeError as exc:

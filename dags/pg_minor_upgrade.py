@@ -1,0 +1,219 @@
+"""
+# PostgreSQL minor-version upgrade (e.g. 15.18 → 15.20)
+
+The runbook "PostgreSQL Minor Version Upgrade" as a DAG: same major, new binaries, the data directory stays.
+Each task is a step of the runbook; the run's journal, plan, facts and report live in the state directory
+(`PGUPGRADE_STATE_DIR`), so the rollback goes back to exactly the release recorded there.
+
+## Prerequisites
+- The target release reachable through one installer (`installer`):
+  - `bindir` — installed beside the running one (`new_bindir`; its `postgres --version` must be the target),
+    with every extension the cluster uses; service `pg_ctl` (systemd units and `pg_ctlcluster` fix the bin
+    directory themselves);
+  - `apt` — the cluster runs from Debian's `/usr/lib/postgresql/N/bin` and `apt-cache policy postgresql-N`
+    lists the target (run `apt-get update` first) *and* still offers the running release (for the rollback);
+  - `command` — an admin has set the Airflow Variable `pgupgrade_minor_install_command` to a JSON argv list
+    naming `{version}` (and optionally `{major}`), run as root for the target and, by the rollback, for the
+    previous release. The command never comes from the trigger conf.
+- The Airflow postgres connection of the cluster (`postgres_conn_id`) with `extra` = `pg_bindir`, `pg_datadir`,
+  `os_user`, `service`, optional `pg_confdir`, `ssh_conn_id`.
+- `min_free_gb` (default 20 GB) free on the data and the backup filesystems after the backup; checked by the
+  plan.
+- The rollback DAG `pg_minor_upgrade_rollback` unpaused (checked first).
+
+## Impact
+Outage from *block logins* to *open to clients*: the time to stop, install (apt: download and unpack), start
+and validate — seconds for `bindir`. TVIEWs and data are not migrated. With `apt` (and usually `command`)
+every cluster of that major on the host runs the new binaries after its next restart (`ack_other_clusters`).
+The plan prints its estimate; the report the measured outage.
+
+## Steps
+1. **plan** — `check_rollback_dag`, `validate_params`, `acquire_lock` (per cluster), `plan` (same major and
+   newer unless `allow_downgrade`; the installer can deliver the target — `postgres --version` of `new_bindir`,
+   `apt-cache policy`, the admin's command — and the rollback the running release; disk space; other
+   clusters on the same binaries via `pg_lsclusters -h` and running postmasters), `dry_run_gate`.
+2. **pre_upgrade** — `backup` (globals + compressed `pg_dump -Fd` per database, verified with `pg_restore -l`),
+   `pre_checks` (`include/sql/health-check.sql`, `version()` and `pg_tviews_version()` recorded),
+   `prefetch` (apt: `apt-get install --download-only`, so the outage holds only the unpacking),
+   `wait_queue_empty`.
+3. **stop** — `window_guard`, `block_logins`, sensors `wait_no_clients` and `wait_queue_drained`,
+   `snapshot_facts` (row counts, WAL position), `stop_server` (clean stop, confirmed down).
+4. **install** — `install` (`bindir`: switch recorded; `apt`: `apt-get install postgresql-N=<v>
+   postgresql-client-N=<v>`; `command`: the admin's argv; a cluster the package scripts started is stopped
+   again; `postgres --version` must be the target), `start_new` (pg_isready polling; extension loads).
+5. **validate** — `validate_facts` (`version()` is the target; databases, roles, row counts, extension versions
+   and TVIEW metadata count equal the snapshot), `health_check`, `refresh_tviews`, `smoke_test` (a change to
+   each backing table reaches the queue, rolled back; no `last_error`; queue empty), then `open_to_clients`.
+6. **report** — JSON + Markdown: step durations, measured outage, versions before/after, next steps
+   (`bindir`: point the connection's `pg_bindir` at the new bin directory).
+
+## Rollback
+Any failed task → `handover_lock` → `trigger_rollback` starts `pg_minor_upgrade_rollback` with run id
+`rollback__<run_id>`; `finish` then fails the run. The DAG-level failure callback triggers the same run id
+through the REST API as a backstop. The rollback goes back to the release recorded by this run (bin
+directory, package versions or command) — not to the connection's `pg_bindir` — and restores the backup only
+when the data directory no longer starts (see its own documentation).
+
+## Success criteria
+PostgreSQL serves the target `version()`; facts equal before and after; TVIEWs exist, refresh and their
+triggers fire; health check passes; no `last_error`; queue empty; logins given back.
+
+## Trigger
+UI: *Trigger DAG w/ config*. CLI:
+`airflow dags trigger pg_minor_upgrade --conf '{"postgres_conn_id": "pg_main", "installer": "bindir",
+"target_version": "15.20", "new_bindir": "/usr/local/pgsql-15.20/bin"}'`
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import DAG, TaskGroup, task
+
+from pgupgrade import minor
+from pgupgrade.airflow import runtime as rt
+
+F = minor.FIELDS
+
+
+def _plan(rc: Any) -> dict[str, Any]:
+    return rc.state.load("plan")
+
+
+def _make_plan(rc: Any) -> dict[str, Any]:
+    command = rt.admin_json_variable(minor.INSTALL_COMMAND_VARIABLE) if rc.params["installer"] == "command" else None
+    rc.state.save("plan", minor.plan(rc, install_command=command))
+    return _plan(rc)
+
+
+def step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
+    return rt.step_task(task_id, fn, F, doc=doc, **kw)
+
+
+def sensor(task_id: str, fn: Any, timeout_param: str, doc: str) -> Any:
+    return rt.sensor_task(task_id, fn, F, {}, timeout_param, doc)
+
+
+with DAG(
+    dag_id=minor.DAG_ID,
+    description="PostgreSQL minor release (same major): bindir | apt | command installer, automatic rollback",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    is_paused_upon_creation=True,
+    tags=["postgresql", "upgrade", "minor"],
+    default_args={"owner": "dba", "retries": 0},
+    params=rt.airflow_params(F),
+    on_failure_callback=rt.rollback_callback(minor.ROLLBACK_DAG_ID),
+) as dag:
+    with TaskGroup("plan") as g_plan:
+        check_rb = task(task_id="check_rollback_dag", doc_md="Fails unless the rollback DAG exists and is unpaused.")(
+            lambda: rt.check_rollback_dag(minor.ROLLBACK_DAG_ID)
+        )()
+        validate = task(task_id="validate_params", doc_md="Rejects bad conf, naming the field; no side effects.")(
+            lambda: rt.validated(F, minor.validate_params) and "params valid"
+        )()
+        lock = step(
+            "acquire_lock",
+            lambda rc: rc.lock.acquire(rc.dag_id, rc.run_id, rt.dagrun_alive),
+            "Per-cluster lock: two runs on one cluster never overlap.",
+        )
+        plan = step(
+            "plan",
+            _make_plan,
+            "Same major, newer; the installer can deliver the target and the rollback "
+            "the running release; space; other clusters on the same binaries. No side effects.",
+        )
+        gate = rt.dry_run_gate(plan)
+        check_rb >> validate >> lock >> plan
+
+    with TaskGroup("pre_upgrade") as g_pre:
+        bkp = step(
+            "backup",
+            lambda rc: minor.take_backup(rc, _plan(rc)),
+            "Globals + compressed pg_dump -Fd per database, verified with pg_restore -l, checksummed.",
+        )
+        pre = step(
+            "pre_checks",
+            lambda rc: minor.pre_checks(rc, _plan(rc)),
+            "health-check.sql must pass; version() and pg_tviews_version() recorded.",
+        )
+        queue = sensor(
+            "wait_queue_empty",
+            lambda rc: minor.queue_empty(rc, _plan(rc)),
+            "queue_wait_timeout_s",
+            "The extension's queue is empty before the outage starts.",
+        )
+        fetch = step(
+            "prefetch",
+            lambda rc: minor.prefetch(rc, _plan(rc)),
+            "apt: download the target packages now, so that the outage holds only their unpacking.",
+        )
+        bkp >> pre >> fetch >> queue
+
+    with TaskGroup("stop") as g_stop:
+        window = step(
+            "window_guard",
+            lambda rc: minor.major.window_guard(rc, _plan(rc)["outage_estimate_s"]),
+            "Refuses to start the outage when the estimate does not fit the window.",
+        )
+        block = step("block_logins", minor.major.block_logins, "NOLOGIN for every login role but ours (recorded).")
+        no_clients = sensor(
+            "wait_no_clients",
+            minor.major.clients_gone,
+            "connection_wait_timeout_s",
+            "No client sessions left (terminated after terminate_after_s if set).",
+        )
+        drained = sensor(
+            "wait_queue_drained",
+            lambda rc: minor.queue_empty(rc, _plan(rc)),
+            "queue_wait_timeout_s",
+            "The queue is still empty now that no client can write.",
+        )
+        snap = step(
+            "snapshot_facts",
+            lambda rc: minor.major.snapshot(minor.before(rc, _plan(rc)), _plan(rc)),
+            "Databases, roles, row counts, sizes, WAL position, TVIEW metadata count.",
+        )
+        stop = step(
+            "stop_server", lambda rc: minor.stop_server(rc, _plan(rc)), "Clean (fast) shutdown, confirmed down."
+        )
+        window >> block >> no_clients >> drained >> snap >> stop
+
+    with TaskGroup("install") as g_install:
+        inst = step(
+            "install",
+            lambda rc: minor.install(rc, _plan(rc)),
+            "bindir: switch recorded; apt: apt-get install of the exact versions; command: the admin's "
+            "argv. postgres --version must then be the target.",
+        )
+        start = step(
+            "start_new",
+            lambda rc: minor.start_new(rc, _plan(rc)),
+            "Start on the target release, wait for readiness (pg_isready); the extension loads.",
+        )
+        inst >> start
+
+    with TaskGroup("validate") as g_val:
+        vf = step(
+            "validate_facts",
+            lambda rc: minor.validate_facts(rc, _plan(rc)),
+            "version() is the target; facts and TVIEW metadata count equal the snapshot.",
+        )
+        hc = step("health_check", lambda rc: minor.health_check(rc, _plan(rc)), "include/sql/health-check.sql.")
+        rf = step("refresh_tviews", lambda rc: minor.refresh_tviews(rc, _plan(rc)), "Refresh every TVIEW (force).")
+        sm = step(
+            "smoke_test",
+            lambda rc: minor.smoke_test(rc, _plan(rc)),
+            "Triggers fire (rolled back), no last_error, queue empty.",
+        )
+        op = step("open_to_clients", lambda rc: minor.open_to_clients(rc, _plan(rc)), "Logins given back.")
+        vf >> hc >> rf >> sm >> op
+
+    rep = step("report", lambda rc: minor.write_report(rc, "success"), "JSON + Markdown report.")
+    g_plan >> g_pre >> g_stop >> g_install >> g_val >> rep
+    gate >> g_pre
+    rt.failure_tail(dag, minor.ROLLBACK_DAG_ID, F)

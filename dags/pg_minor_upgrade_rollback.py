@@ -1,0 +1,109 @@
+"""
+# Rollback of a PostgreSQL minor-version upgrade
+
+Triggered automatically (run id `rollback__<upgrade run id>`) when any task of `pg_minor_upgrade` fails, or by
+hand after a successful run (`upgrade_run_id`): a minor release keeps the data format, so going back keeps
+what clients wrote since.
+
+## Prerequisites
+The upgrade run's state directory (plan, journal, facts, backup manifest): the previous release — its bin
+directory, Debian package versions or install command, and its `version()` — is read from there, never from
+the Airflow connection (whose `pg_bindir` still names the old bin directory after an upgrade by bin
+directory, while the cluster runs from the new one) nor from the conf. Unpaused on creation.
+
+## Steps
+1. `validate_params`, `take_lock` (taken over from the upgrade run).
+2. `assess` — the path, from the upgrade run's journal, logged with its reason:
+   - `nothing`: the upgrade run failed before its plan;
+   - `never_stopped`: the server was never stopped → give logins back;
+   - `previous_release`: stop the server if it runs (clients that were let in are blocked again, and a
+     snapshot is taken first), then go back through the same installer — `bindir`: start with the recorded
+     previous bin directory; `apt`: `apt-get install --allow-downgrades` of the recorded package versions;
+     `command`: the admin's command for the previous version — check `postgres --version`, start.
+3. `back_to_previous`, then `data_dir_starts` branches: the data directory started → `verify_previous`;
+   it no longer starts → `restore_from_backup` (moved aside, never deleted; initdb with the previous binaries;
+   backup restored — refused when data changed after the backup unless `accept_data_loss`).
+4. `verify_previous` — `version()` equals the recorded one; facts equal the snapshot taken before the stop.
+   `refresh_tviews`, `open_to_clients` (logins given back).
+5. `report`; `finish` releases the lock — or, when the rollback itself failed, keeps it marked *needs
+   attention* so that no run touches the cluster until a person has looked.
+
+## Success criteria
+The recorded previous `version()` serves the data directory with the facts of the snapshot; TVIEWs refreshed;
+logins given back.
+
+## Trigger by hand
+`airflow dags trigger pg_minor_upgrade_rollback --conf '{"upgrade_dag_id": "pg_minor_upgrade",
+"upgrade_run_id": "<run id>", "postgres_conn_id": "pg_main"}'`
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import DAG, TriggerRule, task
+
+from pgupgrade import minor
+from pgupgrade.airflow import runtime as rt
+
+F = minor.ROLLBACK_FIELDS
+
+
+def _step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
+    return rt.step_task(task_id, fn, F, doc=doc, **kw)
+
+
+with DAG(
+    dag_id=minor.ROLLBACK_DAG_ID,
+    description="Back to the minor release recorded by the upgrade run; restore only if the data no longer starts",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    is_paused_upon_creation=False,
+    tags=["postgresql", "upgrade", "minor", "rollback"],
+    default_args={"owner": "dba", "retries": 0},
+    params=rt.airflow_params(F),
+) as dag:
+    validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
+    lock = _step("take_lock", rt.take_over_lock, "Takes the cluster lock over from the upgrade run.")
+    assess = _step("assess", minor.rollback_assess, "Chooses the path from the upgrade run's journal.")
+    back = _step(
+        "back_to_previous",
+        minor.back_to_previous,
+        "Stops the server, puts the recorded release back through the same installer, starts it.",
+    )
+
+    @task.branch(
+        task_id="data_dir_starts",
+        doc_md="verify_previous, or restore_from_backup when the data "
+        "directory does not start on the previous release.",
+    )
+    def data_dir_starts() -> str:
+        rc = rt.run_context(F)
+        return "verify_previous" if minor.data_dir_started(rc) else "restore_from_backup"
+
+    restore = _step(
+        "restore_from_backup",
+        minor.restore_from_backup,
+        "Data directory moved aside, initdb with the previous binaries, backup restored.",
+    )
+    verify = _step(
+        "verify_previous",
+        minor.verify_previous,
+        "version() equals the recorded one; facts equal the snapshot.",
+        trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+    )
+    refresh = _step("refresh_tviews", minor.rollback_refresh, "Refresh every TVIEW (force).")
+    opened = _step("open_to_clients", minor.rollback_open, "Logins given back.")
+    report = _step(
+        "report",
+        lambda rc: minor.rollback.write_report(rc),
+        "JSON + Markdown report with the path and why.",
+        trigger_rule=TriggerRule.ALL_DONE,
+    )
+
+    branch = data_dir_starts()
+    validate >> lock >> assess >> back >> branch >> [verify, restore]
+    restore >> verify >> refresh >> opened >> report >> rt.rollback_finish(F)
