@@ -1,8 +1,8 @@
 """
 # Delete the old cluster after a major upgrade
 
-The seed's last step ("only after verifying 16 is working well"), made safe. `pg_upgrade --delete-old-cluster`
-does not exist; pg_upgrade writes `delete_old_cluster.sh`, which this DAG runs.
+The seed's last step ("only after verifying 16 is working well"), made safe. pg_upgrade has no option that
+deletes the old cluster; it writes `delete_old_cluster.sh`, which this DAG runs.
 
 ## Prerequisites
 A successful upgrade run (its journal says clients were let into the new cluster); the new cluster running;

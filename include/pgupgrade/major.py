@@ -324,12 +324,12 @@ def _choose_method(
     blockers: list[checks.Blocker],
 ) -> tuple[str, str, str]:
     wanted = ctx.params["method"]
-    if wanted == "dump_restore":
-        return "dump_restore", "asked for by the method param", ""
     only_dump = [b for b in blockers if b.breaks_pg_upgrade and not b.breaks_dump_restore]
-    both = [b for b in blockers if b.breaks_pg_upgrade and b.breaks_dump_restore]
+    both = [b for b in blockers if b.breaks_dump_restore]
     if both:
         raise PlanError("; ".join(b.detail for b in both))
+    if wanted == "dump_restore":
+        return "dump_restore", "asked for by the method param", ""
     ok, output = pg_upgrade_check(ctx, new_inst, new_datadir, options, preload)
     if ok and not only_dump:
         return "pg_upgrade", "pg_upgrade --check passed against a new cluster initdb'd to match the old one", output
