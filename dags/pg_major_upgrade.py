@@ -96,25 +96,14 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
         on_success_callback=notifiers.dag_callback("success"),
     ) as dag:
         with TaskGroup("plan") as g_plan:
-            check_rb = task(
-                task_id="check_rollback_dag", doc_md="Fails unless the rollback DAG exists and is unpaused."
-            )(lambda: rt.check_rollback_dag(ROLLBACK_DAG_ID))()
-            validate = task(task_id="validate_params", doc_md="Rejects bad conf, naming the field; no side effects.")(
-                lambda: rt.validated(F, major.cross_checks) and "params valid"
-            )()
-            lock = step(
-                "acquire_lock",
-                lambda rc: rc.lock.acquire(rc.dag_id, rc.run_id, rt.dagrun_alive),
-                "Per-cluster lock: two runs on one cluster never overlap.",
-            )
-            plan = step(
-                "plan",
-                lambda rc: rc.state.save("plan", major.plan(rc)) and _plan(rc),
+            plan, gate = rt.plan_phase(
+                F,
+                spec,
+                ROLLBACK_DAG_ID,
+                major.plan,
                 "Support matrix, blockers, extensions, space, method, estimate. No side effects.",
+                major.cross_checks,
             )
-
-            gate = rt.dry_run_gate(plan)
-            check_rb >> validate >> lock >> plan
 
         with TaskGroup("prepare") as g_prepare:
             bkp = step(

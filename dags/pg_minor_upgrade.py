@@ -69,7 +69,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import DAG, TaskGroup, task
+from airflow.sdk import DAG, TaskGroup
 
 from pgupgrade import minor
 from pgupgrade.airflow import runtime as rt
@@ -83,8 +83,7 @@ def _plan(rc: Any) -> dict[str, Any]:
 
 def _make_plan(rc: Any) -> dict[str, Any]:
     command = rt.admin_json_variable(minor.INSTALL_COMMAND_VARIABLE) if rc.params["installer"] == "command" else None
-    rc.state.save("plan", minor.plan(rc, install_command=command))
-    return _plan(rc)
+    return minor.plan(rc, install_command=command)
 
 
 def step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
@@ -110,25 +109,15 @@ with DAG(
     on_failure_callback=rt.rollback_callback(minor.ROLLBACK_DAG_ID),
 ) as dag:
     with TaskGroup("plan") as g_plan:
-        check_rb = task(task_id="check_rollback_dag", doc_md="Fails unless the rollback DAG exists and is unpaused.")(
-            lambda: rt.check_rollback_dag(minor.ROLLBACK_DAG_ID)
-        )()
-        validate = task(task_id="validate_params", doc_md="Rejects bad conf, naming the field; no side effects.")(
-            lambda: rt.validated(F, minor.validate_params) and "params valid"
-        )()
-        lock = step(
-            "acquire_lock",
-            lambda rc: rc.lock.acquire(rc.dag_id, rc.run_id, rt.dagrun_alive),
-            "Per-cluster lock: two runs on one cluster never overlap.",
-        )
-        plan = step(
-            "plan",
+        plan, gate = rt.plan_phase(
+            F,
+            None,
+            minor.ROLLBACK_DAG_ID,
             _make_plan,
             "Same major, newer; the installer can deliver the target and the rollback "
             "the running release; space; other clusters on the same binaries. No side effects.",
+            minor.validate_params,
         )
-        gate = rt.dry_run_gate(plan)
-        check_rb >> validate >> lock >> plan
 
     with TaskGroup("pre_upgrade") as g_pre:
         bkp = step(

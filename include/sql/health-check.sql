@@ -7,6 +7,6 @@ FROM pg_index WHERE NOT indisvalid
 UNION ALL
 SELECT 'no disabled triggers with prefix ' || %(prefix)s, count(*) = 0,
        coalesce(string_agg(tgrelid::regclass::text || '.' || tgname, ', '), '')
-FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE %(prefix)s || '%%' AND tgenabled = 'D'
+FROM pg_trigger WHERE NOT tgisinternal AND starts_with(tgname, %(prefix)s) AND tgenabled = 'D'
 UNION ALL
 SELECT 'not in recovery', NOT pg_is_in_recovery(), '';

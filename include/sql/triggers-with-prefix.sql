@@ -4,5 +4,5 @@ SELECT n.nspname AS schema, c.relname AS table_name, t.tgname AS trigger_name, t
 FROM pg_trigger t
 JOIN pg_class c ON c.oid = t.tgrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE NOT t.tgisinternal AND t.tgname LIKE %(prefix)s || '%%'
+WHERE NOT t.tgisinternal AND starts_with(t.tgname, %(prefix)s)
 ORDER BY 1, 2, 3;

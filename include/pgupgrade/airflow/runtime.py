@@ -501,3 +501,36 @@ def write_failure_report(rc: RunContext, failed: list[str]) -> None:
         failure["server_log_tail"] = f"unavailable: {exc}"
     rep = report.build(rc.state, status="failed", extra={"failure": failure})
     report.write(rc.state, rep)
+
+
+def plan_phase(
+    fields: list[Field],
+    spec: dict[str, Any] | None,
+    rollback_dag_id: str,
+    make_plan: Callable[[RunContext], dict[str, Any]],
+    plan_doc: str,
+    cross_checks: Callable[[dict[str, Any]], Any] | None = None,
+) -> tuple[Any, Any]:
+    """The first phase every upgrade DAG shares, with no side effects: check_rollback_dag → validate_params →
+    acquire_lock → plan (saved as the run's plan.json) → dry_run_gate. Returns (plan, gate)."""
+    check_rb = task(task_id="check_rollback_dag", doc_md="Fails unless the rollback DAG exists and is unpaused.")(
+        lambda: check_rollback_dag(rollback_dag_id)
+    )()
+    validate = task(task_id="validate_params", doc_md="Rejects bad conf, naming the field; no side effects.")(
+        lambda: validated(fields, cross_checks) and "params valid"
+    )()
+    lock = step_task(
+        "acquire_lock",
+        lambda rc: rc.lock.acquire(rc.dag_id, rc.run_id, dagrun_alive),
+        fields,
+        spec=spec,
+        doc="Per-cluster lock: two runs on one cluster never overlap.",
+    )
+
+    def _plan(rc: RunContext) -> dict[str, Any]:
+        rc.state.save("plan", make_plan(rc))
+        return dict(rc.state.load("plan"))
+
+    plan = step_task("plan", _plan, fields, spec=spec, doc=plan_doc)
+    check_rb >> validate >> lock >> plan
+    return plan, dry_run_gate(plan)

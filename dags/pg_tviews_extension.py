@@ -1,0 +1,207 @@
+"""
+# pg_tviews extension update (0-1-to-0-2 migration and minor update)
+
+Two DAGs from one factory: `pg_tviews_0_1_to_0_2_migration` (the seed's *0.1-to-0.2-migration.md*: 0.1.x with
+x ≥ 5 → 0.2.x, breaking API changes) and `pg_tviews_minor_update` (*extension-minor-update.md*: within one
+series, e.g. 0.1.5 → 0.1.6). Each task is a step of the guide; the logic is in `pgupgrade.extension`, and every
+extension name comes from the profile in `include/config/extension_profiles.json`. Steps that do not apply to a
+version (compatibility of removed functions, statistics) find nothing to do.
+
+## Prerequisites
+- The Airflow postgres connection of the cluster (`postgres_conn_id`, extra `pg_bindir`, `pg_datadir`, `os_user`).
+- The target's extension files, per `extension_source`:
+  - `installed`: already in `$(pg_config --sharedir)/extension` (the plan checks `pg_extension_update_paths`),
+    and the control file's `default_version` still the installed version (a rollback's restore needs it);
+  - `copy`: the Airflow Variable `pgupgrade_extension_source_dir` holds a JSON string, an absolute directory with
+    `{version}` in it (e.g. `"/srv/pg_tviews/{version}"`) holding `pg_tviews.control`, `pg_tviews--*.sql` (and
+    libraries `*.so`); the previous version's directory must exist too (for the rollback);
+  - `command`: the Variable `pgupgrade_extension_install_command` holds a JSON argv list with `{version}`
+    (e.g. `["/usr/bin/sudo", "/usr/local/sbin/install-pg-tviews", "{version}"]`), run as root; the rollback runs it
+    with the previous version. Neither Variable can be set from the trigger conf.
+- Free space for one custom-format dump per database (`backup_dir`, new or empty).
+- The rollback DAG `pg_tviews_extension_rollback` unpaused (checked first).
+- Applications in read-only mode, or able to live with stale TVIEWs while the triggers are off.
+
+## Impact
+No server restart. From *disable_triggers* to *enable_triggers* the TVIEWs are not maintained (writes to backing
+tables do not reach the queue); the forced refresh afterwards rebuilds every TVIEW. `ALTER EXTENSION … UPDATE`
+locks the extension's objects for the length of one transaction per database.
+
+## Steps
+1. **plan** — `check_rollback_dag`, `validate_params`, `acquire_lock` (per cluster), `plan`: databases (default:
+   all with the extension), installed version (0.1.x ≥ 0.1.5 for the migration, same series for the minor
+   update), update path, metadata rows with missing backing tables (refused), compatibility (views, functions,
+   procedures using a removed or re-created function: `pg_depend` on rewrite rules and bodies, plus a word search
+   of late-bound function bodies — bound ones always refuse because the update script cannot drop the function
+   under them; with `strict_compat` every finding refuses), rollback readiness, backup space. `dry_run_gate`.
+   A refusal writes a report with the findings; nothing was changed.
+2. **prepare** — `backup` (`pg_dump -Fc` per database, `pg_restore -l` lists it: entry count recorded and the
+   metadata table's `TABLE DATA` entry present; checksummed; row counts and write counters recorded),
+   `document_state` (metadata rows, TVIEW columns and row counts, scan times: `state_before.json` in the run state
+   and rows in `pgupgrade.extension_snapshot` in each database — kept as the audit trail; drop the schema
+   `pgupgrade` when not wanted).
+3. **stop** — `disable_triggers` (every trigger with the profile's prefix: previous `pg_trigger.tgenabled` saved
+   first, then disabled, schema-qualified, one transaction per database), `wait_queue_empty` (sensor),
+   `final_backup_check` (files unchanged, TOC readable).
+4. **upgrade** — `install_files` (per `extension_source`), `update_extension`: per database ONE transaction with
+   `ALTER EXTENSION pg_tviews UPDATE TO '<target>'` and `include/sql/upgrade-extension.sql` (every metadata row
+   survived with its backing table, `source_hash` filled where NULL, removed functions gone; raises otherwise).
+   Never `DROP EXTENSION … CASCADE`.
+5. **verify** — `verify_extension`: version (catalog and `pg_tviews_version()`), new columns, new functions
+   answer, removed functions and columns gone, metadata rows unchanged.
+6. **reenable** — `enable_triggers` (exactly the triggers enabled before, in their mode; disabled ones stay so),
+   `refresh_tviews` (force, positional arguments), `check_stats` (every TVIEW in `pg_tviews_stats()` with all
+   values set), `validate_tviews` (`pg_tviews_validate()` returns no issues but those of TVIEWs whose trigger was
+   disabled before the run).
+7. **wrapup** — `performance` (scan time of each TVIEW vs before, `perf_threshold_pct`, `perf_action`),
+   `final_checklist` (`checks.health`), `report` (JSON + Markdown).
+
+## Rollback
+Any failed task → `handover_lock` → `trigger_rollback` starts `pg_tviews_extension_rollback` (run id
+`rollback__<run_id>`); `finish` then fails the run. The DAG-level failure callback triggers the same run id via
+the REST API as a backstop. See the rollback DAG for what it does per database.
+
+## Success criteria
+Extension at the target in every database in scope; new columns and functions present, removed ones gone;
+metadata rows unchanged; triggers exactly as before; every TVIEW refreshed with stats and no validate issues;
+scan times within the threshold; report written.
+
+## Trigger
+`airflow dags trigger pg_tviews_0_1_to_0_2_migration --conf '{"postgres_conn_id": "pg_main",
+"backup_dir": "/backups/pg_tviews-0.2"}'`
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import DAG, TaskGroup
+
+from pgupgrade import extension as ext
+from pgupgrade import major
+from pgupgrade.airflow import runtime as rt
+
+ROLLBACK_DAG_ID = ext.ROLLBACK_DAG_ID
+
+
+def _plan(rc: Any) -> dict[str, Any]:
+    data: dict[str, Any] = rc.state.load("plan")
+    return data
+
+
+def build(dag_id: str, spec: dict[str, Any], fields: list[Any], description: str) -> DAG:
+    def step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
+        return rt.step_task(task_id, fn, fields, spec=spec, doc=doc, **kw)
+
+    with DAG(
+        dag_id=dag_id,
+        description=description,
+        doc_md=__doc__,
+        schedule=None,
+        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        catchup=False,
+        max_active_runs=1,
+        is_paused_upon_creation=True,
+        tags=["postgresql", "extension", "pg_tviews"],
+        default_args={"owner": "dba", "retries": 0},
+        params=rt.airflow_params(fields),
+        on_failure_callback=rt.rollback_callback(ROLLBACK_DAG_ID),
+    ) as dag:
+        with TaskGroup("plan") as g_plan:
+            _plan_task, gate = rt.plan_phase(
+                fields,
+                spec,
+                ROLLBACK_DAG_ID,
+                lambda rc: ext.plan(rc, rt.admin_json_variable),
+                "Versions, update path, compatibility, metadata, rollback readiness, space; no side effects.",
+                lambda p: ext.check_target(spec, p["target_version"]),
+            )
+
+        with TaskGroup("prepare") as g_prepare:
+            bkp = step(
+                "backup",
+                lambda rc: ext.take_backup(rc, _plan(rc)),
+                "pg_dump -Fc per database, listed with pg_restore -l (metadata TABLE DATA present), checksummed.",
+            )
+            doc = step(
+                "document_state",
+                lambda rc: ext.document_state(rc, _plan(rc)),
+                "Metadata rows, TVIEW columns and row counts, scan times: JSON in the run state and a table per DB.",
+            )
+            bkp >> doc
+
+        with TaskGroup("stop") as g_stop:
+            dis = step(
+                "disable_triggers",
+                lambda rc: ext.disable_triggers(rc, _plan(rc)),
+                "Saves every prefixed trigger's state, then disables the enabled ones.",
+            )
+            queue = rt.sensor_task(
+                "wait_queue_empty",
+                lambda rc: major.queue_empty(rc, _plan(rc)["databases"]),
+                fields,
+                spec,
+                "queue_wait_timeout_s",
+                "The extension's queue is empty.",
+            )
+            final = step("final_backup_check", ext.final_backup_check, "Backup files unchanged, TOC still readable.")
+            dis >> queue >> final
+
+        with TaskGroup("upgrade") as g_upgrade:
+            inst = step(
+                "install_files",
+                lambda rc: ext.install_target_files(rc, _plan(rc)),
+                "The target's files per extension_source (installed: nothing to do).",
+            )
+            upd = step(
+                "update_extension",
+                lambda rc: ext.update_extension(rc, _plan(rc)),
+                "Per database one transaction: ALTER EXTENSION ... UPDATE + upgrade-extension.sql.",
+            )
+            inst >> upd
+
+        with TaskGroup("verify") as g_verify:
+            step(
+                "verify_extension",
+                lambda rc: ext.verify_extension(rc, _plan(rc)),
+                "Version, new columns and functions, removed ones gone, metadata rows unchanged.",
+            )
+
+        with TaskGroup("reenable") as g_reenable:
+            en = step(
+                "enable_triggers",
+                lambda rc: ext.enable_triggers(rc, _plan(rc)),
+                "Exactly the triggers enabled before, in their mode.",
+            )
+            rf = step(
+                "refresh_tviews", lambda rc: ext.refresh_tviews(rc, _plan(rc)), "Every TVIEW refreshed with force."
+            )
+            st = step("check_stats", lambda rc: ext.check_stats(rc, _plan(rc)), "Stats populated for every TVIEW.")
+            va = step("validate_tviews", lambda rc: ext.validate_tviews(rc, _plan(rc)), "validate function: no issues.")
+            en >> rf >> st >> va
+
+        with TaskGroup("wrapup") as g_wrapup:
+            pf = step("performance", lambda rc: ext.performance(rc, _plan(rc)), "TVIEW scan times vs before.")
+            chk = step("final_checklist", lambda rc: ext.final_checklist(rc, _plan(rc)), "checks.health per database.")
+            rep = step("report", lambda rc: ext.write_report(rc, "success"), "JSON + Markdown report.")
+            pf >> chk >> rep
+
+        g_plan >> g_prepare >> g_stop >> g_upgrade >> g_verify >> g_reenable >> g_wrapup
+        gate >> g_prepare
+        rt.failure_tail(dag, ROLLBACK_DAG_ID, fields)
+    return dag
+
+
+pg_tviews_0_1_to_0_2_migration = build(
+    ext.MIGRATION_DAG_ID,
+    {"kind": "series", "from_series": "0.1", "to_series": "0.2"},
+    ext.FIELDS,
+    "pg_tviews 0.1.x (≥ 0.1.5) → 0.2.x: backup, triggers off, ALTER EXTENSION UPDATE + migration, verify, rollback",
+)
+pg_tviews_minor_update = build(
+    ext.MINOR_DAG_ID,
+    {"kind": "minor"},
+    ext.MINOR_FIELDS,
+    "pg_tviews update within one series (e.g. 0.1.5 → 0.1.6): same runbook, automatic rollback",
+)

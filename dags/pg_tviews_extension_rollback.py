@@ -1,0 +1,102 @@
+"""
+# Rollback of a pg_tviews extension update
+
+Triggered automatically (run id `rollback__<upgrade run id>`) when any task of `pg_tviews_0_1_to_0_2_migration`
+or `pg_tviews_minor_update` fails; or by hand with the upgrade run's ids. There is no downgrade script from 0.2
+to 0.1: going back means restoring the update run's backup, which only the databases whose update committed need.
+
+## Prerequisites
+The upgrade run's state directory (plan, journal, saved trigger states, backup manifest, documented state).
+Unpaused on creation.
+
+## Steps
+1. `validate_params`, `take_lock` (taken over from the upgrade run).
+2. `assess` — per database, from the upgrade run's journal and the catalog, logged with its reason:
+   - the update never started, or its transaction never committed (the extension is still at the old version):
+     only the triggers come back;
+   - the update committed: restore from the backup. Refused (nothing done) when tables changed after the backup
+     (row counts, checksums with `verify_content`, write statistics), unless `accept_data_loss`.
+   - the upgrade run stopped in its plan: nothing to do.
+3. `put_back_files` — FIRST the old version's files (copy/command: the admin configuration recorded in the plan,
+   run for the old version; installed: nothing to do); then, for every database to restore, the control file's
+   `default_version` must be its old version (the dump's `CREATE EXTENSION` has no version).
+4. `restore_databases` — `pg_restore --clean --if-exists --single-transaction` of each updated database (all or
+   nothing); `pg_tviews_version()` must answer the old version.
+5. `restore_triggers` — exactly the triggers the run disabled get their previous mode back; triggers that were
+   disabled before the run stay disabled.
+6. `verify` — every database on its old version, triggers as before; restored ones with the backup's row
+   counts and exactly the metadata rows documented before the update.
+7. `report`; `finish` releases the lock — or, when the rollback failed, keeps it marked *needs attention* so that
+   no run touches the cluster until a person has looked.
+
+## Trigger by hand
+`airflow dags trigger pg_tviews_extension_rollback --conf '{"upgrade_dag_id": "pg_tviews_0_1_to_0_2_migration",
+"upgrade_run_id": "<run id>", "postgres_conn_id": "pg_main"}'`
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import DAG, TriggerRule, task
+
+from pgupgrade import extension as ext
+from pgupgrade.airflow import runtime as rt
+
+F = ext.ROLLBACK_FIELDS
+
+
+def _step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
+    return rt.step_task(task_id, fn, F, doc=doc, **kw)
+
+
+def _assess(rc: Any) -> dict[str, Any]:
+    decision = ext.assess(rc)
+    rc.state.save("decision", decision)
+    print(f"rollback path: {decision['path']} — {decision['why']}")
+    return decision
+
+
+with DAG(
+    dag_id=ext.ROLLBACK_DAG_ID,
+    description="pg_tviews back to the version before a failed update: per database from the journal",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    is_paused_upon_creation=False,
+    tags=["postgresql", "extension", "pg_tviews", "rollback"],
+    default_args={"owner": "dba", "retries": 0},
+    params=rt.airflow_params(F),
+) as dag:
+    validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
+    lock = _step("take_lock", rt.take_over_lock, "Takes the cluster lock over from the upgrade run.")
+    assess = _step("assess", _assess, "Per database: restore (update committed) or triggers only, with the reason.")
+    files = _step(
+        "put_back_files",
+        lambda rc: ext.put_back_files(rc, ext.decision_of(rc)),
+        "The old version's files back first; default_version checked for every database to restore.",
+    )
+    restore = _step(
+        "restore_databases",
+        lambda rc: ext.restore_databases(rc, ext.decision_of(rc)),
+        "pg_restore --clean --if-exists --single-transaction of each updated database.",
+    )
+    triggers = _step(
+        "restore_triggers",
+        lambda rc: ext.rollback_triggers(rc, ext.decision_of(rc)),
+        "The triggers the run disabled back in their previous mode.",
+    )
+    verify = _step(
+        "verify",
+        lambda rc: ext.verify_rolled_back(rc, ext.decision_of(rc)),
+        "Old version, triggers as before; restored databases: row counts and metadata rows as before.",
+    )
+    report = _step(
+        "report",
+        ext.write_rollback_report,
+        "JSON + Markdown report with the path and why.",
+        trigger_rule=TriggerRule.ALL_DONE,
+    )
+    validate >> lock >> assess >> files >> restore >> triggers >> verify >> report >> rt.rollback_finish(F)
