@@ -62,6 +62,7 @@ from airflow.sdk import DAG, TaskGroup, TriggerRule, task
 from pgupgrade import major
 from pgupgrade.airflow import notifiers
 from pgupgrade.airflow import runtime as rt
+from pgupgrade.airflow import windows as aw
 
 ROLLBACK_DAG_ID = "pg_major_upgrade_rollback"
 
@@ -121,7 +122,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
         with TaskGroup("stop") as g_stop:
             window = step(
                 "window_guard",
-                lambda rc: major.window_guard(rc, _plan(rc)["outage_estimate_s"]),
+                lambda rc: aw.window_guard(rc, _plan(rc)["outage_estimate_s"]),
                 "Refuses to start the outage when the estimate does not fit the window.",
             )
             stop_apps = rt.hook_task("stop_applications", F, spec, "Admin-configured hook (Variable pgupgrade_hooks).")

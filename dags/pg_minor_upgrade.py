@@ -73,6 +73,7 @@ from airflow.sdk import DAG, TaskGroup
 
 from pgupgrade import minor
 from pgupgrade.airflow import runtime as rt
+from pgupgrade.airflow import windows as aw
 
 F = minor.FIELDS
 
@@ -146,7 +147,7 @@ with DAG(
     with TaskGroup("stop") as g_stop:
         window = step(
             "window_guard",
-            lambda rc: minor.major.window_guard(rc, _plan(rc)["outage_estimate_s"]),
+            lambda rc: aw.window_guard(rc, _plan(rc)["outage_estimate_s"]),
             "Refuses to start the outage when the estimate does not fit the window.",
         )
         block = step("block_logins", minor.major.block_logins, "NOLOGIN for every login role but ours (recorded).")

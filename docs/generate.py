@@ -67,7 +67,7 @@ class Page:
     title: str
     kind: str  # "dag" | "template" | "api" | "breaking" | "sql"
     dag: str | None = None
-    estimate: str | None = None  # "major" | "minor" | "extension"
+    estimate: str | None = None  # "major" | "minor" | "extension" | "preflight"
     after: tuple[str, ...] = ()  # follow-up DAGs documented on the page (e.g. deleting the old cluster)
     see_also: tuple[str, ...] = ()
     guide: bool = True  # a procedure: must have Prerequisites, Rollback, Success Criteria, Estimated Time
@@ -130,6 +130,14 @@ PAGES: list[Page] = [
         estimate="major",
         after=("pg_major_upgrade_cleanup",),
         see_also=MAJOR_SEE_ALSO,
+    ),
+    Page(
+        "postgresql/preflight-checks.md",
+        "Daily preflight: would the next window's upgrade go ahead?",
+        "dag",
+        dag="pg_preflight_checks",
+        estimate="preflight",
+        see_also=("postgresql/major-version-upgrade.md", "postgresql/testing-upgrade.md", "README.md"),
     ),
     Page("postgresql/testing-upgrade.md", "Testing an upgrade before production", "template"),
     Page("postgresql/troubleshooting-upgrades.md", "Troubleshooting upgrades", "template", guide=False),
@@ -564,10 +572,30 @@ def estimate_extension(dag: Any) -> str:
     )
 
 
+def estimate_preflight(dag: Any) -> str:
+    """The preflight DAG changes nothing: no outage; its length is bounded by the timeouts it declares."""
+    limits = (
+        [f"the whole run: {fmt_duration(seconds(dag.dagrun_timeout))} (`dagrun_timeout`)"] if dag.dagrun_timeout else []
+    )
+    for t in dag.tasks:
+        if t.execution_timeout:
+            limits.append(f"`{t.task_id}`: {fmt_duration(seconds(t.execution_timeout))} per try (`execution_timeout`)")
+    return "\n".join(
+        [
+            "No outage: the DAG only reads (catalogs, settings, `pg_upgrade --check` against a throwaway cluster) "
+            "and the clusters keep serving. What the run's length depends on: the number of clusters and, per "
+            "cluster, the plan's `pg_upgrade --check` (grows with the **schema**, not the data size).",
+            "",
+            *(["Upper bounds the DAG sets:", "", *[f"- {x}" for x in limits]] if limits else ["No timeouts set."]),
+        ]
+    )
+
+
 ESTIMATES: dict[str, Callable[[Any], str]] = {
     "major": estimate_major,
     "minor": estimate_minor,
     "extension": estimate_extension,
+    "preflight": estimate_preflight,
 }
 
 
@@ -661,20 +689,30 @@ def trigger_section(dag: Any, runbook_example: str | None) -> str:
             "`check_rollback_dag`, refuses to start otherwise."
         )
     sections = ", ".join(sections_of(dag))
+    dry_run = "dry_run" in dag.params  # DAGs that change nothing (the preflight) have no dry run
     out += [
         "",
         f"**UI**: *DAGs* → `{dag.dag_id}` → *Trigger*. The form shows the parameters above, grouped by section "
-        f"({sections}), each with its default. Run once with `dry_run` on: the run stops after the plan "
-        "(`dry_run_gate`, green, nothing changed) and prints it.",
+        f"({sections}), each with its default."
+        + (
+            " Run once with `dry_run` on: the run stops after the plan (`dry_run_gate`, green, nothing changed) "
+            "and prints it."
+            if dry_run
+            else ""
+        ),
         "",
-        "**CLI**, a dry run first:",
-        "",
-        "```sh",
-        f"airflow dags trigger {dag.dag_id} --conf '"
-        + json.dumps({"postgres_conn_id": dag.params.get_param("postgres_conn_id").value, "dry_run": True})
-        + "'",
-        "```",
-        "",
+    ]
+    if dry_run:
+        first = {name: dag.params.get_param(name).value for name in ("postgres_conn_id",) if name in dag.params}
+        out += [
+            "**CLI**, a dry run first:",
+            "",
+            "```sh",
+            f"airflow dags trigger {dag.dag_id} --conf '" + json.dumps({**first, "dry_run": True}) + "'",
+            "```",
+            "",
+        ]
+    out += [
         "Every parameter with its default (give only the ones you change; unknown keys are refused):",
         "",
         "```sh",
@@ -732,6 +770,7 @@ def after_section(page: Page, dags: Dags) -> str:
             if name.lower() in ("trigger", "trigger by hand"):
                 continue
             out += [f"#### {name}", "", shift_headings(body, 2), ""]
+        out += ["#### Tasks", "", shift_headings(tasks_section(d), 2), ""]  # every task id of every DAG on a page
         out += ["#### Parameters", "", params_table(d), ""]
         out += ["#### Trigger", "", "```sh", f"airflow dags trigger {dag_id} --conf '{conf_json(defaults_conf(d))}'"]
         out += ["```", ""]

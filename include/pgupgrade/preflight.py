@@ -134,6 +134,14 @@ def check_cluster(
         )
         res["status"] = "busy"
         return res
+    w = window.current_or_next(now) if window is not None else None
+    if window is not None and w is not None:
+        res["window"] = {
+            "spec": window.describe(),
+            "start": w.start.isoformat(),
+            "end": w.end.isoformat(),
+            "seconds": w.seconds,
+        }
     plan: dict[str, Any] | None = None
     try:
         plan = major.plan(ctx)
@@ -156,14 +164,7 @@ def check_cluster(
             "space": plan["space"],
         }
         res["warnings"] += plan["warnings"]
-        if window is not None:
-            w = window.current_or_next(now)
-            res["window"] = {
-                "spec": window.describe(),
-                "start": w.start.isoformat(),
-                "end": w.end.isoformat(),
-                "seconds": w.seconds,
-            }
+        if w is not None:
             if plan["outage_estimate_s"] > w.seconds:
                 reasons.append(
                     f"the outage estimate {plan['outage_estimate_s']:.0f}s does not fit the next window "
@@ -175,6 +176,8 @@ def check_cluster(
         res["extension"] = _extension_picture(ctx)
     if check_minor:
         res["minor"] = minor_picture(ctx)
+        if not res.get("running") and res["minor"].get("running"):
+            res["running"] = res["minor"]["running"]
     return res
 
 
@@ -259,9 +262,10 @@ def markdown(summary: dict[str, Any]) -> str:
     for r in summary["clusters"]:
         m, w = r.get("major") or {}, r.get("window") or {}
         method = f"{m.get('method', '')} {m.get('transfer_mode') or ''}".strip()
+        when = f"{w['start']} ({w['seconds']:.0f} s)" if w else ""
         lines.append(
             f"| {r['cluster']} | **{r['status']}** | {r.get('running', '')} | {m.get('to', r['target_major'])} | "
-            f"{method} | {m.get('outage_estimate_s', '')} | {w.get('start', '')} ({w.get('seconds', '')} s) |"
+            f"{method} | {m.get('outage_estimate_s', '')} | {when} |"
         )
     for r in summary["clusters"]:
         notes = [f"- Would not go ahead: {x}" for x in r["reasons"]] + [f"- Warning: {x}" for x in r["warnings"]]
