@@ -39,6 +39,8 @@ def _failing_pg_upgrade_bindir(root: Path, version: str) -> str:
     """A copy of an installation (symlinks) whose pg_upgrade fails after the real one finished linking."""
     real = Path(installation(version).bindir)
     fake = root / f"bin-{version}-failing-pg_upgrade"
+    if fake.exists():  # another test of this session built it already
+        return str(fake)
     fake.mkdir()
     for f in real.iterdir():
         (fake / f.name).symlink_to(f)
