@@ -97,7 +97,11 @@ with DAG(
     restore = _step(
         "restore_from_backup",
         lambda rc: rollback.restore_from_backup(
-            _upgrade_state(rc), rc.cluster, rc.host, accept_data_loss=rc.params["accept_data_loss"]
+            _upgrade_state(rc),
+            rc.cluster,
+            rc.host,
+            accept_data_loss=rc.params["accept_data_loss"],
+            opened_changes=rc.state.load("decision").get("opened_changes"),
         ),
         "Old data directory moved aside, old major initdb'd, backup restored.",
     )
@@ -114,4 +118,5 @@ with DAG(
         trigger_rule=TriggerRule.ALL_DONE,
     )
 
-    validate >> lock >> assess() >> [back, restore] >> verify >> report >> rt.rollback_finish(F)
+    finish = rt.rollback_finish(F, read_only=frozenset({"assess"}))
+    validate >> lock >> assess() >> [back, restore] >> verify >> report >> finish

@@ -19,10 +19,12 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+import psycopg2
+
 from pgupgrade import backup, checks, facts, upgrade, versions
 from pgupgrade.cluster import Cluster, Service
 from pgupgrade.commands import Host
-from pgupgrade.errors import CheckFailed, ConfigError, UnsafeState
+from pgupgrade.errors import CheckFailed, ConfigError, PgUpgradeError, UnsafeState
 from pgupgrade.params import Field
 from pgupgrade.scratch import InitdbOptions, initdb
 from pgupgrade.state import RunState
@@ -99,10 +101,15 @@ def assess(upgrade_state: RunState, old: Cluster, host: Host) -> tuple[str, str]
     return "restore_backup", why
 
 
-def data_loss_risks(upgrade_state: RunState) -> list[str]:
+def data_loss_risks(upgrade_state: RunState, opened_changes: list[str] | None = None) -> list[str]:
+    """What going back would lose. ``opened_changes``: the differences between the new cluster now and its facts
+    when it opened (None: not measured, so any client write is assumed)."""
     risks = []
     if upgrade_state.happened("opened"):
-        risks.append("clients were let into the new cluster: their writes are not in the backup")
+        if opened_changes is None:
+            risks.append("clients were let into the new cluster: their writes are not in the backup")
+        elif opened_changes:
+            risks.append("clients wrote to the new cluster since it opened: " + "; ".join(opened_changes[:5]))
     manifest = upgrade_state.load("backup")
     before = upgrade_state.load("facts_before")
     if manifest is None:
@@ -114,17 +121,49 @@ def data_loss_risks(upgrade_state: RunState) -> list[str]:
     return risks
 
 
-def decide(upgrade_state: RunState, old: Cluster, host: Host, *, accept_data_loss: bool) -> dict[str, str]:
+def changes_since_open(upgrade_state: RunState, old: Cluster, host: Host) -> list[str] | None:
+    """Blocks logins on the opened new cluster, ends client sessions, and compares its facts with those taken
+    before it opened. None when that cannot be measured. Logins are given back if anything changed (the
+    rollback then refuses and the new cluster keeps serving)."""
+    plan = upgrade_state.load("plan") or {}
+    after = upgrade_state.load("facts_after")
+    if not plan.get("new") or after is None:
+        return None
+    new = replace(old, bindir=plan["new"]["bindir"], datadir=plan["new"]["datadir"], confdir=None)
+    try:
+        if not Service(new, host).accepts_connections():
+            return None
+        roles = checks.block_logins(new)
+        checks.terminate_clients(new)
+        content = any("md5" in t for db in after["databases"].values() for t in db["tables"].values())
+        diffs = facts.compare(after, facts.snapshot(new, content=content))
+        if diffs:
+            checks.unblock_logins(new, roles)
+        return diffs
+    except (PgUpgradeError, psycopg2.Error) as exc:
+        log.warning("cannot compare the new cluster with its facts at opening: %s", exc)
+        return None
+
+
+def decide(upgrade_state: RunState, old: Cluster, host: Host, *, accept_data_loss: bool) -> dict[str, Any]:
     if not upgrade_state.dir.exists():
         raise ConfigError("upgrade_run_id", f"no state for {upgrade_state.dag_id} run {upgrade_state.run_id!r}")
     path, why = assess(upgrade_state, old, host)
-    if path != "old_running" and upgrade_state.happened("opened") and not accept_data_loss:
-        raise UnsafeState(
-            "clients were let into the new cluster: going back loses what they wrote since "
-            f"(path would be {path}: {why}); set accept_data_loss=true to go ahead"
-        )
+    opened_changes = None
+    if path != "old_running" and upgrade_state.happened("opened"):
+        opened_changes = changes_since_open(upgrade_state, old, host)
+        if (opened_changes is None or opened_changes) and not accept_data_loss:
+            what = (
+                "could not be compared with"
+                if opened_changes is None
+                else "differs from (" + "; ".join(opened_changes[:5]) + ")"
+            )
+            raise UnsafeState(
+                f"clients were let into the new cluster and it {what} its state at opening: going back loses what "
+                f"they wrote (path would be {path}: {why}); set accept_data_loss=true to go ahead"
+            )
     log.info("rollback path: %s, because %s", path, why)
-    return {"path": path, "why": why}
+    return {"path": path, "why": why, "opened_changes": opened_changes}
 
 
 def stop_if_running(cluster: Cluster, host: Host) -> bool:
@@ -158,8 +197,15 @@ def bring_back_old(path: str, upgrade_state: RunState, old: Cluster, host: Host)
     checks.unblock_logins(old, upgrade_state.load("blocked_roles", []))
 
 
-def restore_from_backup(upgrade_state: RunState, old: Cluster, host: Host, *, accept_data_loss: bool) -> str:
-    risks = data_loss_risks(upgrade_state)
+def restore_from_backup(
+    upgrade_state: RunState,
+    old: Cluster,
+    host: Host,
+    *,
+    accept_data_loss: bool,
+    opened_changes: list[str] | None = None,
+) -> str:
+    risks = data_loss_risks(upgrade_state, opened_changes)
     manifest = upgrade_state.load("backup")
     if manifest is None:
         raise UnsafeState(

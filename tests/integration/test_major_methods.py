@@ -104,3 +104,35 @@ def test_rehearsal_touches_nothing_in_production(pool):
     assert step["status"] == "success"
     assert served_version(old) == 15 and not Path(conf["new_datadir"]).exists()
     assert not state.happened("old_stop_requested")
+
+
+def test_manual_rollback_after_success_only_when_nothing_was_written(pool):
+    """Rolling back by hand after a successful copy-mode upgrade: refused while the new cluster holds a write
+    made after it opened (and the new cluster keeps serving), allowed once its facts equal those at opening."""
+    from airflow_helpers import run as run_dag
+
+    old = pool.new("15.18")
+    conf = upgrade_conf(pool, old, "17", target_major=17, transfer_mode="copy")
+    track_new(pool, old, conf)
+    dr, states = run_dag("pg_major_upgrade", conf)
+    _ok(dr, states)
+    rb_conf = {
+        "postgres_conn_id": conf["postgres_conn_id"],
+        "upgrade_dag_id": "pg_major_upgrade",
+        "upgrade_run_id": dr.run_id,
+    }
+    with connect(old, APP_DB) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO customers VALUES ('after-open', 'FR')")
+    refused, states = run_dag("pg_major_upgrade_rollback", rb_conf)
+    assert refused.state == "failed" and states["assess"] == "failed", states
+    assert served_version(old) == 17
+    with connect(old, APP_DB) as conn, conn.cursor() as cur:
+        assert scalar(conn, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app_user'") is True
+        cur.execute("DELETE FROM customers WHERE name = 'after-open'")
+        cur.execute("SELECT pg_tviews_drain_queue()")  # the extension queued both changes
+    ok, states = run_dag("pg_major_upgrade_rollback", rb_conf)
+    assert ok.state == "success", states
+    assert RunState.for_run("pg_major_upgrade_rollback", ok.run_id, STATE).load("decision")["path"] == "old_intact"
+    assert served_version(old) == 15
+    with connect(old, APP_DB) as conn:
+        assert scalar(conn, "SELECT count(*) FROM orders") == 1000
