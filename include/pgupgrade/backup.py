@@ -30,6 +30,32 @@ def _files(host: Host, root: str, user: str) -> dict[str, dict[str, Any]]:
     return files
 
 
+def _manifest(
+    host: Host,
+    cluster: Cluster,
+    backup_dir: str,
+    user: str,
+    *,
+    started: str,
+    bindir: str,
+    dumps: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """What a backup holds: per database, its dump and table-of-contents size; every file's size and sha256."""
+    manifest: dict[str, Any] = {
+        **extra,
+        "cluster": cluster.name,
+        "backup_dir": backup_dir,
+        "started": started,
+        "finished": now_iso(),
+        "bindir": bindir,
+        "databases": dumps,
+        "files": _files(host, backup_dir, user),
+    }
+    manifest["total_bytes"] = sum(f["size"] for f in manifest["files"].values())
+    return manifest
+
+
 def take(
     cluster: Cluster, host: Host, backup_dir: str, databases: list[str], *, jobs: int = 2, bindir: str | None = None
 ) -> dict[str, Any]:
@@ -56,17 +82,7 @@ def take(
         toc = host.run([f"{bindir}/pg_restore", "-l", target], user=user, timeout=600).stdout
         entries = [line for line in toc.splitlines() if line and not line.startswith(";")]  # readable
         dumps[db] = {"dir": target, "toc_entries": len(entries)}
-    manifest: dict[str, Any] = {
-        "cluster": cluster.name,
-        "backup_dir": backup_dir,
-        "started": started,
-        "finished": now_iso(),
-        "bindir": bindir,
-        "databases": dumps,
-        "files": _files(host, backup_dir, user),
-    }
-    manifest["total_bytes"] = sum(f["size"] for f in manifest["files"].values())
-    return manifest
+    return _manifest(host, cluster, backup_dir, user, started=started, bindir=bindir, dumps=dumps)
 
 
 def verify(host: Host, manifest: dict[str, Any], user: str) -> None:
@@ -159,18 +175,7 @@ def dump_custom(
         if missing:
             raise CheckFailed(f"backup of {db} ({target}) lacks TOC entries: {', '.join(missing)}")
         dumps[db] = {"file": target, "toc_entries": len(entries)}
-    manifest: dict[str, Any] = {
-        "format": "custom",
-        "cluster": cluster.name,
-        "backup_dir": backup_dir,
-        "started": started,
-        "finished": now_iso(),
-        "bindir": bindir,
-        "databases": dumps,
-        "files": _files(host, backup_dir, user),
-    }
-    manifest["total_bytes"] = sum(f["size"] for f in manifest["files"].values())
-    return manifest
+    return _manifest(host, cluster, backup_dir, user, started=started, bindir=bindir, dumps=dumps, format="custom")
 
 
 def restore_custom(cluster: Cluster, host: Host, archive: str, db: str, *, bindir: str | None = None) -> None:

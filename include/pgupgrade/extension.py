@@ -24,7 +24,7 @@ from typing import Any
 
 from psycopg2 import sql as psql
 
-from pgupgrade import backup, checks, facts, versions
+from pgupgrade import backup, checks, facts, rollback, versions
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
 from pgupgrade.context import RunContext
@@ -1298,23 +1298,10 @@ def verify_rolled_back(ctx: RunContext, decision: dict[str, Any]) -> dict[str, A
 
 
 def write_rollback_report(ctx: RunContext) -> dict[str, str]:
-    from pgupgrade import report
-
     decision = ctx.state.load("decision") or {}
-    failed = [e for e in ctx.state.events() if e["event"] == "step" and e["status"] == "failed"]
-    rep = report.build(
-        ctx.state,
-        status="failed" if failed else "success",
-        extra={
-            "rollback_path": decision.get("path"),
-            "rollback_reason": decision.get("why"),
-            "restored_databases": decision.get("restore"),
-            "triggers_restored_in": decision.get("triggers"),
-            "upgrade_run": f"{ctx.params['upgrade_dag_id']}/{ctx.params['upgrade_run_id']}",
-        },
+    return rollback.write_report(
+        ctx, restored_databases=decision.get("restore"), triggers_restored_in=decision.get("triggers")
     )
-    json_path, md_path = report.write(ctx.state, rep)
-    return {"json": str(json_path), "markdown": str(md_path)}
 
 
 def decision_of(ctx: RunContext) -> dict[str, Any]:

@@ -257,7 +257,8 @@ def verify_old(upgrade_state: RunState, old: Cluster) -> dict[str, Any]:
     return {"facts_compared": True, "server_version": now["server_version"], "tables": facts.table_count(now)}
 
 
-def write_report(ctx: Any) -> dict[str, str]:
+def write_report(ctx: Any, **extra: Any) -> dict[str, str]:
+    """A rollback run's report: its path and why, which upgrade run it undid, and what the caller adds."""
     from pgupgrade import report
 
     decision = ctx.state.load("decision") or {}
@@ -269,6 +270,7 @@ def write_report(ctx: Any) -> dict[str, str]:
             "rollback_path": decision.get("path"),
             "rollback_reason": decision.get("why"),
             "upgrade_run": f"{ctx.params['upgrade_dag_id']}/{ctx.params['upgrade_run_id']}",
+            **extra,
         },
     )
     json_path, md_path = report.write(ctx.state, rep)
