@@ -29,7 +29,10 @@ copy and dump/restore time with the data size. The plan prints its estimate; the
 5. **configure** — `configure_new` (configuration carried over correctly), `start_new_private`.
 6. **extension** — `update_extensions` (pg_upgrade's `update_extensions.sql`, metadata, triggers firing).
 7. **validate** — `validate_facts`, `health_check`, `refresh_tviews`, `analyze`, `performance`,
-   then `open_to_clients` (old port and sockets; logins given back), `start_applications` (admin hook).
+   then `open_to_clients` (old port and sockets; logins given back), `start_applications` (admin hook),
+   `app_health` (polls the admin-configured URL in Variable `pgupgrade_app_health` until it answers
+   `expect_status`; still unhealthy after `timeout_s` → the run fails and is rolled back; not configured → skipped
+   with a message).
 8. **report** — JSON + Markdown.
 
 ## Rollback
@@ -212,7 +215,8 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
             start_apps = rt.hook_task(
                 "start_applications", F, spec, "Admin-configured hook (Variable pgupgrade_hooks)."
             )
-            vf >> hc >> rf >> an >> pf >> op >> start_apps
+            app_health = rt.app_health_task(F, spec)
+            vf >> hc >> rf >> an >> pf >> op >> start_apps >> app_health
 
         rep = step("report", lambda rc: major.write_report(rc, "success"), "JSON + Markdown report.")
         g_plan >> g_prepare >> g_stop >> g_upgrade >> g_conf >> g_ext >> g_val >> rep

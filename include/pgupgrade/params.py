@@ -64,6 +64,8 @@ def _check_one(f: Field, value: Any) -> Any:
             if not _IDENT_RE.match(v) and not _CONN_ID_RE.match(v):
                 raise ConfigError(f.name, f"{v!r} is not a valid name")
         return list(value)
+    if value is None and f.default == "":
+        return ""  # an optional text field left empty (the trigger form sends null)
     if not isinstance(value, str):
         raise ConfigError(f.name, f"must be a string, got {type(value).__name__}")
     if "\x00" in value or len(value) > MAX_LEN:

@@ -70,6 +70,10 @@ def notifiers_for(msg: dict[str, Any]) -> list[BaseNotifier]:
 
 def send(event: str, dag_id: str, run_id: str, cluster: str | None, context: Any) -> int:
     """Sends one alert through every configured channel; a failing channel is logged, not raised."""
+    if context is None:  # called from a task: the notifiers (SmtpNotifier) need the task's context
+        from airflow.sdk import get_current_context
+
+        context = get_current_context()
     msg = message(event, RunState.for_run(dag_id, run_id), cluster=cluster, run_link=_run_link(context))
     sent = 0
     for n in notifiers_for(msg):

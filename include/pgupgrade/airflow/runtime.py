@@ -28,7 +28,8 @@ def airflow_params(fields: list[Field]) -> dict[str, Param]:
     """The trigger form: JSON-schema types, enums, titles, descriptions, sections, valid defaults."""
     out = {}
     for f in fields:
-        schema: dict[str, Any] = {"type": f.type}
+        # an optional text field (default "") must be submittable empty from the trigger form: allow null
+        schema: dict[str, Any] = {"type": ["null", "string"] if f.type == "string" and f.default == "" else f.type}
         if f.enum:
             schema["enum"] = list(f.enum)
         if f.minimum is not None:
