@@ -6,7 +6,6 @@ imports it.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -36,7 +35,7 @@ os.environ.update(
 
 from pgupgrade.cluster import Cluster  # noqa: E402
 
-from pgharness import Pool, postmasters_under  # noqa: E402
+from pgharness import Pool, connection_env, postmasters_under  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -60,16 +59,6 @@ def airflow_home() -> str:
 
 def register_connection(cluster: Cluster, conn_id: str | None = None) -> str:
     """Makes the cluster an Airflow connection (environment-variable secrets backend)."""
-    conn_id = conn_id or cluster.name
-    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(
-        {
-            "conn_type": "postgres",
-            "host": cluster.host,
-            "port": cluster.port,
-            "schema": cluster.dbname,
-            "login": cluster.user,
-            "password": cluster.password or "",
-            "extra": cluster.to_extra(),
-        }
-    )
-    return conn_id
+    name, value = connection_env(cluster, conn_id)
+    os.environ[name] = value
+    return conn_id or cluster.name

@@ -7,6 +7,7 @@ The stand-in pg_tviews extension (tests/extension/pg_tviews) is copied into each
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import tempfile
@@ -146,6 +147,21 @@ def postmasters_under(root: Path) -> list[int]:
         if cmd and cmd[0].endswith(b"postgres") and any(str(root).encode() in part for part in cmd):
             pids.append(int(proc.name))
     return pids
+
+
+def connection_env(cluster: Cluster, conn_id: str | None = None) -> tuple[str, str]:
+    """(variable, value) that makes the cluster an Airflow connection through the environment secrets backend."""
+    conn_id = conn_id or cluster.name
+    value = {
+        "conn_type": "postgres",
+        "host": cluster.host,
+        "port": cluster.port,
+        "schema": cluster.dbname,
+        "login": cluster.user,
+        "password": cluster.password or "",
+        "extra": cluster.to_extra(),
+    }
+    return f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(value)
 
 
 APP_DB = "app"

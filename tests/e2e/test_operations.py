@@ -22,7 +22,7 @@ from pgupgrade.cluster import Cluster
 from pgupgrade.sql import connect, scalar
 
 from airflow_stack import PASSWORD, AirflowStack, free_port
-from pgharness import APP_DB, installation
+from pgharness import APP_DB, connection_env, installation
 
 pytestmark = pytest.mark.scheduler
 UPGRADE_DAG = "pg15_to_pg16_upgrade"
@@ -30,19 +30,6 @@ GENERIC_DAG = "pg_major_upgrade"
 FAIL_RUN = "ops-fail"  # pg15_to_pg16_upgrade: the queue never drains
 UNHEALTHY_RUN = "ops-unhealthy-app"  # pg_major_upgrade to 16: the application stays unhealthy after the start
 ROLLBACK_DAG = "pg_major_upgrade_rollback"
-
-
-def _conn_env(cluster: Cluster) -> tuple[str, str]:
-    return f"AIRFLOW_CONN_{cluster.name.upper()}", json.dumps(
-        {
-            "conn_type": "postgres",
-            "host": cluster.host,
-            "port": cluster.port,
-            "schema": cluster.dbname,
-            "login": cluster.user,
-            "extra": cluster.to_extra(),
-        }
-    )
 
 
 def _version(cluster: Cluster) -> int:
@@ -133,7 +120,7 @@ def ops(pool: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
     smtp.start()
     stack: AirflowStack | None = None
     try:
-        env = dict([_conn_env(failing), _conn_env(healthy)])
+        env = dict([connection_env(failing), connection_env(healthy)])
         env |= {
             "PGUPGRADE_STATE_DIR": str(state_dir),
             "AIRFLOW_CONN_OPS_SMTP": json.dumps(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,22 +11,9 @@ from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState
 
 from airflow_stack import AirflowStack
-from pgharness import APP_DB, installation
+from pgharness import APP_DB, connection_env, installation
 
 pytestmark = pytest.mark.scheduler
-
-
-def _conn_env(cluster) -> tuple[str, str]:
-    return f"AIRFLOW_CONN_{cluster.name.upper()}", json.dumps(
-        {
-            "conn_type": "postgres",
-            "host": cluster.host,
-            "port": cluster.port,
-            "schema": cluster.dbname,
-            "login": cluster.user,
-            "extra": cluster.to_extra(),
-        }
-    )
 
 
 def _version(cluster) -> int:
@@ -42,7 +28,7 @@ def test_rollback_triggered_and_lock_exclusive_under_real_scheduler(pool, tmp_pa
     with connect(failing, APP_DB) as conn, conn.cursor() as cur:  # a queue that never drains → sensor fails
         cur.execute("INSERT INTO orders (customer, amount) VALUES ('pending', 1)")
     state_dir = tmp_path / "state"
-    env = dict([_conn_env(failing), _conn_env(shared)])
+    env = dict([connection_env(failing), connection_env(shared)])
     env["PGUPGRADE_STATE_DIR"] = str(state_dir)
     stack = AirflowStack(meta, env).start()
     try:
