@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -223,11 +222,3 @@ def health(cluster: Cluster, databases: list[str], profile: ExtensionProfile | N
                 )
                 rows.append({"database": db, "check": "queue empty", "ok": queue == 0, "detail": str(queue)})
     return rows
-
-
-def owned_by(host: Host, path: str) -> str:
-    return host.run(["stat", "-c", "%U", path], timeout=30).stdout.strip()
-
-
-def is_abs_clean(path: str) -> bool:
-    return os.path.isabs(path) and ".." not in Path(path).parts

@@ -7,7 +7,7 @@ from typing import Any
 from psycopg2 import sql as psql
 
 from pgupgrade.cluster import Cluster
-from pgupgrade.sql import connect, fetch, fetch_named, scalar
+from pgupgrade.sql import connect, fetch_named, scalar
 
 Facts = dict[str, Any]
 
@@ -91,8 +91,3 @@ def table_count(facts: Facts) -> int:
 
 def data_bytes(facts: Facts) -> int:
     return sum(int(db["size_bytes"]) for db in facts["databases"].values())
-
-
-def rows_of(cluster: Cluster, dbname: str, query: psql.Composable) -> list[tuple[Any, ...]]:
-    with connect(cluster, dbname) as conn:
-        return fetch(conn, query)
