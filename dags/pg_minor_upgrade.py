@@ -72,6 +72,7 @@ from typing import Any
 from airflow.sdk import DAG, TaskGroup
 
 from pgupgrade import minor
+from pgupgrade.airflow import notifiers
 from pgupgrade.airflow import runtime as rt
 from pgupgrade.airflow import windows as aw
 
@@ -107,7 +108,8 @@ with DAG(
     tags=["postgresql", "upgrade", "minor"],
     default_args={"owner": "dba", "retries": 0},
     params=rt.airflow_params(F),
-    on_failure_callback=rt.rollback_callback(minor.ROLLBACK_DAG_ID),
+    on_failure_callback=[rt.rollback_callback(minor.ROLLBACK_DAG_ID), notifiers.dag_callback("failure")],
+    on_success_callback=notifiers.dag_callback("success"),
 ) as dag:
     with TaskGroup("plan") as g_plan:
         plan, gate = rt.plan_phase(

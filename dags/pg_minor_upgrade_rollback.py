@@ -45,6 +45,7 @@ from typing import Any
 from airflow.sdk import DAG, TriggerRule, task
 
 from pgupgrade import minor
+from pgupgrade.airflow import notifiers
 from pgupgrade.airflow import runtime as rt
 
 F = minor.ROLLBACK_FIELDS
@@ -65,6 +66,8 @@ with DAG(
     tags=["postgresql", "upgrade", "minor", "rollback"],
     default_args={"owner": "dba", "retries": 0},
     params=rt.airflow_params(F),
+    on_success_callback=notifiers.dag_callback("rollback"),
+    on_failure_callback=notifiers.dag_callback("failure"),
 ) as dag:
     validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
     lock = _step("take_lock", rt.take_over_lock, "Takes the cluster lock over from the upgrade run.")

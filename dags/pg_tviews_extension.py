@@ -80,6 +80,7 @@ from airflow.sdk import DAG, TaskGroup
 
 from pgupgrade import extension as ext
 from pgupgrade import major
+from pgupgrade.airflow import notifiers
 from pgupgrade.airflow import runtime as rt
 
 ROLLBACK_DAG_ID = ext.ROLLBACK_DAG_ID
@@ -106,7 +107,8 @@ def build(dag_id: str, spec: dict[str, Any], fields: list[Any], description: str
         tags=["postgresql", "extension", "pg_tviews"],
         default_args={"owner": "dba", "retries": 0},
         params=rt.airflow_params(fields),
-        on_failure_callback=rt.rollback_callback(ROLLBACK_DAG_ID),
+        on_failure_callback=[rt.rollback_callback(ROLLBACK_DAG_ID), notifiers.dag_callback("failure")],
+        on_success_callback=notifiers.dag_callback("success"),
     ) as dag:
         with TaskGroup("plan") as g_plan:
             _plan_task, gate = rt.plan_phase(

@@ -42,6 +42,7 @@ from typing import Any
 from airflow.sdk import DAG, TriggerRule, task
 
 from pgupgrade import extension as ext
+from pgupgrade.airflow import notifiers
 from pgupgrade.airflow import runtime as rt
 
 F = ext.ROLLBACK_FIELDS
@@ -69,6 +70,8 @@ with DAG(
     tags=["postgresql", "extension", "pg_tviews", "rollback"],
     default_args={"owner": "dba", "retries": 0},
     params=rt.airflow_params(F),
+    on_success_callback=notifiers.dag_callback("rollback"),
+    on_failure_callback=notifiers.dag_callback("failure"),
 ) as dag:
     validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
     lock = _step("take_lock", rt.take_over_lock, "Takes the cluster lock over from the upgrade run.")
