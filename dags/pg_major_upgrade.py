@@ -15,7 +15,8 @@ rollback decides from facts on disk.
 - The rollback DAG `pg_major_upgrade_rollback` unpaused (checked first).
 
 ## Impact
-Outage from *block logins* to *open to clients*: link/clone/swap time grows with the number of relations,
+Outage for connected clients from *terminate_clients* (new logins are refused from *block logins*) to
+*open to clients*: link/clone/swap time grows with the number of relations,
 copy and dump/restore time with the data size. The plan prints its estimate; the report the measured outage.
 
 ## Steps
@@ -23,17 +24,23 @@ copy and dump/restore time with the data size. The plan prints its estimate; the
    blockers, extensions in the new installation, disk space, `pg_upgrade --check` against a throwaway cluster
    that matches the old one, method and outage estimate), `dry_run_gate`.
 2. **prepare** — `backup` (globals + `pg_dump -Fd -j N` per database, verified, checksummed), `rehearsal`.
-3. **stop** — `window_guard`, `stop_applications` (admin hook), `notify_outage_start`, `block_logins`,
-   sensors `wait_no_clients` and `wait_queue_empty`, `snapshot_facts`, `stop_old`.
-4. **upgrade** — `choose_method` branches to `pg_upgrade` (link | copy | clone | swap) or `dump_restore`.
-5. **configure** — `configure_new` (configuration carried over correctly), `start_new_private`.
-6. **extension** — `update_extensions` (pg_upgrade's `update_extensions.sql`, metadata, triggers firing).
-7. **validate** — `validate_facts`, `health_check`, `refresh_tviews`, `analyze`, `performance`,
-   then `open_to_clients` (old port and sockets; logins given back), `start_applications` (admin hook),
-   `app_health` (polls the admin-configured URL in Variable `pgupgrade_app_health` until it answers
-   `expect_status`; still unhealthy after `timeout_s` → the run fails and is rolled back; not configured → skipped
-   with a message).
-8. **report** — JSON + Markdown.
+3. **stop** — `window_guard`, `stop_applications` (admin hook), `notify_outage_start`, `block_logins` (new
+   logins refused; connected clients keep working), sensors `wait_no_clients` (until they leave, at most
+   `terminate_after_s`) and `wait_queue_empty`.
+4. **upgrade** — `choose_method` branches to `pg_upgrade` (link | copy | clone | swap) or `dump_restore`. Either
+   branch is **one task running the outage-critical steps in one process**, each journaled under its own name:
+   `terminate_clients` (whoever is left after the grace period; then waits for the queue to be empty),
+   `snapshot_facts`, `stop_old`, `pg_upgrade` | `dump_restore`, `configure_new` (configuration carried over
+   correctly), `start_new_private` (private socket, no TCP), `update_extensions` (pg_upgrade's
+   `update_extensions.sql`, metadata, triggers firing), `validate_facts`, `health_check`, `open_to_clients` (old
+   port and sockets; logins given back). Why one task: each task hand-off costs 1-3 s of scheduling and process
+   start-up, and ten of them inside the outage would triple it (see docs/benchmarks.md). The trade-off: these
+   steps cannot be cleared one by one in the UI — after a failure the rollback DAG decides from the journal.
+5. **after** (clients are back) — `start_applications` (admin hook), `app_health` (polls the admin-configured URL
+   in Variable `pgupgrade_app_health` until it answers `expect_status`; still unhealthy after `timeout_s` → the
+   run fails and is rolled back; not configured → skipped with a message), `refresh_tviews`, `analyze`
+   (`vacuumdb --analyze-in-stages`, built to run with clients connected), `performance`.
+6. **report** — JSON + Markdown.
 
 ## Rollback
 Any failed task → `handover_lock` → `trigger_rollback` starts `pg_major_upgrade_rollback` with run id
@@ -151,13 +158,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 "queue_wait_timeout_s",
                 "The extension's queue is empty.",
             )
-            snap = step(
-                "snapshot_facts",
-                lambda rc: major.snapshot(rc, _plan(rc)),
-                "Databases, roles, row counts, sizes, WAL position (content checksums if asked).",
-            )
-            stop = step("stop_old", major.stop_old, "Clean (fast) shutdown of the old cluster, confirmed down.")
-            window >> stop_apps >> alert >> block >> no_clients >> queue >> snap >> stop
+            window >> stop_apps >> alert >> block >> no_clients >> queue
 
         with TaskGroup("upgrade") as g_upgrade:
 
@@ -166,60 +167,47 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 """Follows the method the plan chose before the outage."""
                 return f"upgrade.{plan_['method']}"
 
+            def cutover(method: str) -> list[tuple[str, Any]]:
+                return [(name, lambda rc, fn=fn: fn(rc, _plan(rc))) for name, fn in major.cutover_steps(method)]
+
             branch = choose_method(plan)
-            pgu = step(
+            pgu = rt.steps_task(
                 "pg_upgrade",
-                lambda rc: major.run_pg_upgrade(rc, _plan(rc)),
-                "initdb matching the old cluster, then pg_upgrade in the planned transfer mode.",
+                cutover("pg_upgrade"),
+                F,
+                spec=spec,
+                doc="The outage-critical section in one process: terminate_clients, snapshot_facts, stop_old, "
+                "pg_upgrade (initdb matching the old cluster, planned transfer mode), configure_new, "
+                "start_new_private, update_extensions, validate_facts, health_check, open_to_clients.",
             )
-            dr = step(
+            dr = rt.steps_task(
                 "dump_restore",
-                lambda rc: major.run_dump_restore(rc, _plan(rc)),
-                "initdb matching the old cluster, pg_dump -Fd -j N / pg_restore -j N per database.",
+                cutover("dump_restore"),
+                F,
+                spec=spec,
+                doc="The outage-critical section in one process: terminate_clients, snapshot_facts, stop_old, "
+                "dump_restore (initdb matching the old cluster, pg_dump -Fd -j N / pg_restore -j N per "
+                "database), configure_new, start_new_private, update_extensions, validate_facts, health_check, "
+                "open_to_clients.",
             )
             branch >> [pgu, dr]
 
-        with TaskGroup("configure") as g_conf:
-            conf = step(
-                "configure_new",
-                lambda rc: major.configure_new(rc, _plan(rc)),
-                "Old configuration carried over: paths rewritten, removed settings dropped, auto.conf "
-                "merged, port and sockets kept.",
+        with TaskGroup("after") as g_after:
+            start_apps = rt.hook_task(
+                "start_applications",
+                F,
+                spec,
+                "Admin-configured hook (Variable pgupgrade_hooks).",
                 trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
             )
-            start = step(
-                "start_new_private",
-                lambda rc: major.start_new_private(rc, _plan(rc)),
-                "Marker first, then start where clients cannot reach it.",
-            )
-            conf >> start
-
-        with TaskGroup("extension") as g_ext:
-            step(
-                "update_extensions",
-                lambda rc: major.update_extensions(rc, _plan(rc)),
-                "update_extensions.sql; version, metadata count, no errors, triggers enabled and firing.",
-            )
-
-        with TaskGroup("validate") as g_val:
-            vf = step("validate_facts", lambda rc: major.validate_facts(rc, _plan(rc)), "Facts equal the snapshot.")
-            hc = step("health_check", lambda rc: major.health_check(rc, _plan(rc)), "include/sql/health-check.sql.")
+            app_health = rt.app_health_task(F, spec)
             rf = step("refresh_tviews", lambda rc: major.refresh_tviews(rc, _plan(rc)), "Refresh every TVIEW (force).")
             an = step("analyze", lambda rc: major.analyze(rc, _plan(rc)), "vacuumdb --analyze-in-stages.")
             pf = step("performance", lambda rc: major.performance(rc, _plan(rc)), "TVIEW scan times vs before.")
-            op = step(
-                "open_to_clients",
-                lambda rc: major.open_to_clients(rc, _plan(rc)),
-                "Restart on the old port and sockets; logins given back.",
-            )
-            start_apps = rt.hook_task(
-                "start_applications", F, spec, "Admin-configured hook (Variable pgupgrade_hooks)."
-            )
-            app_health = rt.app_health_task(F, spec)
-            vf >> hc >> rf >> an >> pf >> op >> start_apps >> app_health
+            start_apps >> app_health >> rf >> an >> pf
 
         rep = step("report", lambda rc: major.write_report(rc, "success"), "JSON + Markdown report.")
-        g_plan >> g_prepare >> g_stop >> g_upgrade >> g_conf >> g_ext >> g_val >> rep
+        g_plan >> g_prepare >> g_stop >> g_upgrade >> g_after >> rep
         gate >> g_prepare
         rt.failure_tail(dag, ROLLBACK_DAG_ID, F)
     return dag

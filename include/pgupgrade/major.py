@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -420,7 +421,8 @@ def block_logins(ctx: RunContext) -> list[str]:
 
 
 def clients_gone(ctx: RunContext) -> bool:
-    """Sensor poke: no client sessions left (after the grace period, terminate them when asked)."""
+    """Sensor poke: no client sessions left, or the grace period (terminate_after_s) is over — the cutover then
+    terminates whoever is left as its first act, so the clients' outage starts inside one task."""
     sessions = checks.client_sessions(ctx.cluster)
     if not sessions:
         return True
@@ -435,10 +437,35 @@ def clients_gone(ctx: RunContext) -> bool:
         ", ".join(f"{s['usename']}@{s['datname']} pid {s['pid']}" for s in sessions[:10]),
     )
     if grace >= 0 and waited >= grace:
-        n = checks.terminate_clients(ctx.cluster)
-        ctx.state.record("clients_terminated", count=n)
-        log.warning("terminated %d client sessions after the %ss grace period", n, grace)
+        log.warning(
+            "%d client sessions left after the %ss grace period: the cutover terminates them", len(sessions), grace
+        )
+        return True
     return False
+
+
+def terminate_clients(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
+    """First step of the cutover: terminate the sessions left after the grace period, then wait (bounded by
+    queue_wait_timeout_s) until no client is connected and the extension's queue is empty."""
+    ctx.state.record("cutover_started")
+    terminated = 0
+    if checks.client_sessions(ctx.cluster):
+        if ctx.params["terminate_after_s"] < 0:
+            raise CheckFailed("client sessions are connected and terminate_after_s is -1 (never terminate)")
+        terminated = checks.terminate_clients(ctx.cluster)
+        ctx.state.record("clients_terminated", count=terminated)
+        log.warning("terminated %d client sessions", terminated)
+    deadline = time.monotonic() + ctx.params["queue_wait_timeout_s"]
+    while True:
+        left = checks.client_sessions(ctx.cluster)
+        if not left and queue_empty(ctx, plan_["databases"]):
+            return {"terminated": terminated}
+        if time.monotonic() > deadline:
+            raise CheckFailed(
+                f"{len(left)} client sessions or a non-empty queue after queue_wait_timeout_s="
+                f"{ctx.params['queue_wait_timeout_s']}s"
+            )
+        time.sleep(0.1)
 
 
 def queue_empty(ctx: RunContext, databases: list[str]) -> bool:
@@ -644,21 +671,21 @@ def refresh_all(ctx: RunContext, cluster: Cluster, databases: list[str]) -> int:
 
 
 def refresh_tviews(ctx: RunContext, plan_: dict[str, Any]) -> int:
-    return refresh_all(ctx, _new_cluster(ctx, plan_, private=True), plan_["databases"])
+    return refresh_all(ctx, _new_cluster(ctx, plan_, private=False), plan_["databases"])
 
 
 def analyze(ctx: RunContext, plan_: dict[str, Any]) -> None:
-    new_private = _new_cluster(ctx, plan_, private=True)
-    argv = [new_private.bin("vacuumdb"), "--all", "--analyze-in-stages", "-j", str(ctx.params["jobs"])]
+    new = _new_cluster(ctx, plan_, private=False)
+    argv = [new.bin("vacuumdb"), "--all", "--analyze-in-stages", "-j", str(ctx.params["jobs"])]
     if versions.Version.parse(plan_["new"]["version"]).major >= 18:
         argv.append("--missing-stats-only")  # pg_upgrade 18 carries statistics over
-    ctx.host.run(argv, user=ctx.cluster.os_user, env=new_private.libpq_env("postgres"), timeout=24 * 3600)
+    ctx.host.run(argv, user=ctx.cluster.os_user, env=new.libpq_env("postgres"), timeout=24 * 3600)
 
 
 def performance(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
-    new_private = _new_cluster(ctx, plan_, private=True)
+    new = _new_cluster(ctx, plan_, private=False)
     before = ctx.state.load("facts_before")["extension"]
-    after = extension_facts(new_private, list(before), ctx)
+    after = extension_facts(new, list(before), ctx)
     threshold = ctx.params["perf_threshold_pct"]
     slow = []
     for db, b in before.items():
@@ -683,6 +710,24 @@ def open_to_clients(ctx: RunContext, plan_: dict[str, Any]) -> None:
     roles = ctx.state.load("blocked_roles", [])
     checks.unblock_logins(public, roles)
     ctx.state.record("opened", roles=roles)
+
+
+def cutover_steps(method: str) -> list[tuple[str, Callable[[RunContext, dict[str, Any]], Any]]]:
+    """The outage-critical section, run in one task process so no task hand-off lengthens the outage: every
+    step is still journaled (and can be failed on purpose) under its own name."""
+    transfer = ("pg_upgrade", run_pg_upgrade) if method == "pg_upgrade" else ("dump_restore", run_dump_restore)
+    return [
+        ("terminate_clients", terminate_clients),
+        ("snapshot_facts", snapshot),
+        ("stop_old", lambda ctx, _plan: stop_old(ctx)),
+        transfer,
+        ("configure_new", configure_new),
+        ("start_new_private", start_new_private),
+        ("update_extensions", update_extensions),
+        ("validate_facts", validate_facts),
+        ("health_check", health_check),
+        ("open_to_clients", open_to_clients),
+    ]
 
 
 def new_connection_extra(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:

@@ -87,7 +87,7 @@ def test_dry_run_changes_nothing(pool):
     conf = upgrade_conf(pool, old, "16", dry_run=True)
     dr, states = run("pg15_to_pg16_upgrade", conf)
     _ok(dr, states)
-    assert states["plan.plan"] == "success" and states["stop.stop_old"] == "skipped"
+    assert states["plan.plan"] == "success" and states["upgrade.pg_upgrade"] == "skipped"
     assert served_version(old) == 15
     assert not Path(conf["new_datadir"]).exists() and not Path(conf["backup_dir"]).exists()
 

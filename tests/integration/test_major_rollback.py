@@ -73,8 +73,12 @@ def test_failure_after_new_cluster_started_restores_backup(pool, monkeypatch):
     track_new(pool, old, conf)
     monkeypatch.setenv("PGUPGRADE_INJECT_FAILURE", "health_check")  # the worker's fault-drill switch
     dr, states = run("pg15_to_pg16_upgrade", conf)
-    assert dr.state == "failed" and states["validate.health_check"] == "failed", states
-    assert states["configure.start_new_private"] == "success"
+    assert dr.state == "failed" and states["upgrade.pg_upgrade"] == "failed", states
+    steps = {
+        e["step"]: e["status"] for e in RunState.for_run(dr.dag_id, dr.run_id, STATE).events() if e["event"] == "step"
+    }
+    assert steps["health_check"] == "failed" and steps["start_new_private"] == "success", steps
+    assert "open_to_clients" not in steps  # the cutover stopped at the failed step
     monkeypatch.delenv("PGUPGRADE_INJECT_FAILURE")
     rep = assert_rolled_back(old, "pg15_to_pg16_upgrade", dr.run_id, "restore_backup")
     assert "started" in rep["rollback_reason"]

@@ -137,6 +137,30 @@ def step_task(
     return task(task_id=task_id, doc_md=doc, retries=task_kwargs.pop("retries", 0), **task_kwargs)(_run)()
 
 
+def steps_task(
+    task_id: str,
+    steps: list[tuple[str, Callable[[RunContext], Any]]],
+    fields: list[Field],
+    *,
+    spec: dict[str, Any] | None = None,
+    doc: str,
+    **task_kwargs: Any,
+) -> Any:
+    """One task running several library steps in order in one process (the outage-critical section: no task
+    hand-off in between); each step is journaled under its own name, as if it were a task of its own."""
+
+    def _run() -> Any:
+        rc = run_context(fields, spec)
+        out: dict[str, Any] = {}
+        for name, fn in steps:
+            log.info("── step %s", name)
+            out[name] = _jsonable(journaled(rc.state, name, lambda fn=fn: fn(rc)))  # type: ignore[misc]
+        return out
+
+    _run.__name__ = task_id
+    return task(task_id=task_id, doc_md=doc, retries=0, **task_kwargs)(_run)()
+
+
 def dagrun_alive(dag_id: str, run_id: str) -> bool:
     """Whether a run is still queued or running, asked through the Task SDK (unknown counts as alive)."""
     try:
@@ -472,7 +496,7 @@ def admin_hook(name: str) -> list[str] | None:
     return argv
 
 
-def hook_task(name: str, fields: list[Field], spec: dict[str, Any] | None, doc: str) -> Any:
+def hook_task(name: str, fields: list[Field], spec: dict[str, Any] | None, doc: str, **task_kwargs: Any) -> Any:
     """Runs an admin-configured command on the worker (e.g. stop or start the applications); skipped if none."""
 
     def _run(rc: RunContext) -> str:
@@ -484,7 +508,7 @@ def hook_task(name: str, fields: list[Field], spec: dict[str, Any] | None, doc: 
         res = LocalHost(redactor=rc.host.redactor).run(argv, timeout=3600)
         return f"{name}: exit {res.exit_code} in {res.duration_s:.1f}s"
 
-    return step_task(name, _run, fields, spec=spec, doc=doc)
+    return step_task(name, _run, fields, spec=spec, doc=doc, **task_kwargs)
 
 
 def write_failure_report(rc: RunContext, failed: list[str]) -> None:
