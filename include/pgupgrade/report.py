@@ -41,6 +41,9 @@ def build(state: RunState, *, status: str, extra: dict[str, Any] | None = None) 
             "to": end.isoformat() if end else None,
             "seconds": round((end - start).total_seconds(), 3) if end else None,
         }
+        cut = _at(state.first("cutover_started"))
+        if cut and end:
+            outage["clients_cut_off_seconds"] = round((end - cut).total_seconds(), 3)
     down = _at(state.first("old_stopped"))
     up = _at(state.first("new_public_start")) or _at(state.first("opened"))
     plan = state.load("plan")
@@ -91,6 +94,9 @@ def markdown(rep: dict[str, Any]) -> str:
             lines.append(f"- Outage began {o['from']} and had not ended when the report was written")
         else:
             lines.append(f"- Measured outage (logins blocked → clients let in): {o['seconds']} s")
+            if o.get("clients_cut_off_seconds") is not None:
+                cut_s = o["clients_cut_off_seconds"]
+                lines.append(f"- Connected clients cut off (cutover start → clients let in): {cut_s} s")
     if rep.get("server_down_seconds") is not None:
         lines.append(f"- Server down (old stopped → new started for clients): {rep['server_down_seconds']} s")
     if rep.get("backup_dir"):

@@ -136,3 +136,18 @@ def test_manual_rollback_after_success_only_when_nothing_was_written(pool):
     assert served_version(old) == 15
     with connect(old, APP_DB) as conn:
         assert scalar(conn, "SELECT count(*) FROM orders") == 1000
+
+
+def test_cluster_already_at_the_target_ends_green_and_untouched(pool):
+    """A scheduled run that finds its cluster already upgraded: green, a log line, nothing touched."""
+    current = pool.new("16")
+    with connect(current) as conn:
+        started = scalar(conn, "SELECT pg_postmaster_start_time()")
+    conf = upgrade_conf(pool, current, "16")
+    dr, states = run("pg15_to_pg16_upgrade", conf)
+    _ok(dr, states)
+    assert states["plan.dry_run_gate"] == "success" and states["prepare.backup"] == "skipped", states
+    assert RunState.for_run(dr.dag_id, dr.run_id, STATE).load("plan")["already_upgraded"] is True
+    with connect(current) as conn:
+        assert scalar(conn, "SELECT pg_postmaster_start_time()") == started
+    assert served_version(current) == 16 and not Path(conf["backup_dir"]).exists()
