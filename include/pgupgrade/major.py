@@ -445,8 +445,11 @@ def clients_gone(ctx: RunContext) -> bool:
 
 
 def terminate_clients(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
-    """First step of the cutover: terminate the sessions left after the grace period, then wait (bounded by
-    queue_wait_timeout_s) until no client is connected and the extension's queue is empty."""
+    """First step of the cutover: a checkpoint while clients still work, then terminate the sessions left after
+    the grace period, then wait (bounded by queue_wait_timeout_s) until no client is connected and the
+    extension's queue is empty."""
+    with connect(ctx.cluster) as conn:
+        scalar(conn, "CHECKPOINT")  # the shutdown checkpoint then has little left to write
     ctx.state.record("cutover_started")
     terminated = 0
     if checks.client_sessions(ctx.cluster):
