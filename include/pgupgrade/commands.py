@@ -1,8 +1,8 @@
 """One command runner: argv lists only, a pinned environment, a timeout, an OS user, secrets redacted.
 
 ``LocalHost`` runs on the worker; ``SSHHost`` runs on the database host over an SSH client (the Airflow
-adapter builds it from an SSH connection). Neither ever builds a shell string from input: the remote side
-receives ``shlex.join(argv)``, which quotes every word.
+adapter builds it from an SSH connection). Neither ever builds a shell string from input: the remote login
+shell receives a ``shlex.join`` of words (every word quoted) around a constant wrapper script.
 """
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import re
+import select
 import shlex
+import socket
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -155,16 +158,193 @@ class LocalHost:
 
 
 class SSHClientLike(Protocol):
-    def exec_command(self, command: str, timeout: float | None = ..., environment: Any = ...) -> Any: ...
+    """What SSHHost needs of a paramiko ``SSHClient``: its transport (None or inactive once the link is gone)."""
+
+    def get_transport(self) -> Any: ...
+
+
+# The remote side of SSHHost.run, always this constant text (input reaches it only as positional parameters):
+# $1 working directory ("" = /: the login user's home may be closed to the target user), $2 how many secret
+# variables follow by name; their values arrive as the first lines of stdin (never in a command line the
+# host's ps could show), then the command's own stdin.
+_REMOTE_WRAPPER = (
+    'dir=${1:-/}; n=$2; shift 2; while [ "$n" -gt 0 ]; do IFS= read -r v || exit 125; export "$1=$v"; shift; '
+    'n=$((n - 1)); done; cd -- "$dir" || exit 127; exec "$@"'
+)
+SECRET_ENV = frozenset({"PGPASSWORD"})
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Commands that only read: run again once over a fresh connection when the link drops while they run.
+_READ_ONLY = frozenset(
+    {
+        "cat",
+        "df",
+        "dpkg-query",
+        "pg_controldata",
+        "pg_isready",
+        "pg_lsclusters",
+        "ps",
+        "readlink",
+        "stat",
+        "tail",
+        "test",
+    }
+)
+
+
+def read_only(argv: list[str]) -> bool:
+    """Whether running argv twice is harmless (it changes nothing on the host)."""
+    prog = os.path.basename(argv[0])
+    if prog == "pg_ctl":
+        return argv[-1] == "status"
+    if prog == "postgres":
+        return len(argv) == 2 and argv[1] in ("-V", "--version")
+    return prog in _READ_ONLY
+
+
+def _dead_peer_detection(sock: Any) -> None:
+    """TCP keepalive and a user timeout on the SSH socket: a peer that vanished without closing (host down,
+    network cut) ends the connection within about 90 s instead of the kernel's ~15 minutes, so the command
+    fails as SSHConnectionLost rather than waiting out its own timeout. Linux options; skipped elsewhere."""
+    if not isinstance(sock, socket.socket):  # e.g. a ProxyCommand
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3), ("TCP_USER_TIMEOUT", 90000)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+class SSHConnectionLost(CommandError):
+    """The SSH connection dropped while a command ran on the remote host: its outcome there is unknown."""
+
+    def __init__(self, argv: list[str], where: str, detail: str) -> None:
+        super().__init__(argv, None, detail)
+        self.args = (
+            f"SSH connection {where} lost while running {argv[0]!r} (its outcome on the host is unknown): {detail}",
+        )
+
+
+class _Lost(Exception):
+    """Internal: the link dropped; ``sent`` says whether the command may have started."""
+
+    def __init__(self, detail: str, *, sent: bool) -> None:
+        super().__init__(detail)
+        self.sent = sent
 
 
 @dataclass
 class SSHHost:
-    """Runs commands on a remote host through a paramiko-style client (``exec_command``)."""
+    """Runs commands on a remote host over SSH (a paramiko ``SSHClient``), exactly as LocalHost runs them: the
+    same pinned environment (sent inside the command, as sshd drops most variables; secrets such as PGPASSWORD
+    on stdin), ``runuser`` to switch user when logged in as root, ``sudo -n`` otherwise, a total deadline.
+
+    ``connect`` (e.g. ``SSHHook.get_conn``) makes a new client: a link found dead before a command starts is
+    re-established, and a read-only command (``read_only``) whose link dropped mid-way is run once more. Any
+    other command whose link drops raises SSHConnectionLost naming ``conn_id``: it is never run twice."""
 
     client: SSHClientLike
     name: str
     redactor: Redactor = field(default_factory=Redactor)
+    conn_id: str | None = None
+    connect: Callable[[], SSHClientLike] | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.conn_id!r} ({self.name})" if self.conn_id else repr(self.name)
+
+    def _transport(self) -> Any:
+        transport = self.client.get_transport()
+        if (transport is None or not transport.is_active()) and self.connect is not None:
+            log.warning("SSH connection %s is down: connecting again", self.where)
+            try:
+                self.client = self.connect()
+            except Exception as exc:  # paramiko and socket errors of every kind
+                raise _Lost(f"reconnecting failed: {type(exc).__name__}: {exc}", sent=False) from None
+            transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise _Lost("the connection is closed", sent=False)
+        _dead_peer_detection(transport.sock)
+        return transport
+
+    def _login(self, transport: Any) -> str | None:
+        name = transport.get_username()
+        return str(name) if name else None
+
+    @staticmethod
+    def command_line(
+        argv: list[str], user: str | None, login: str | None, env: Mapping[str, str], cwd: str | None = None
+    ) -> tuple[str, str]:
+        """(the command line for the remote login shell, every word quoted; the secret lines for stdin)."""
+        bad = [k for k in env if not _ENV_KEY_RE.match(k)]
+        if bad:
+            raise ValueError(f"not environment variable names: {bad!r}")
+        secrets = {k: v for k, v in env.items() if k in SECRET_ENV}
+        if any("\n" in v for v in secrets.values()):
+            raise ValueError("a secret environment value contains a newline")
+        plain = {k: v for k, v in env.items() if k not in SECRET_ENV}
+        words = ["env", "-i", *(f"{k}={v}" for k, v in sorted(plain.items()))]
+        if user and user != login:
+            if login == "root":
+                words += ["runuser", "-u", user, "--"]
+            else:
+                words += ["sudo", "-n", f"--preserve-env={','.join(sorted(plain))}", "-u", user, "--"]
+        words += ["sh", "-c", _REMOTE_WRAPPER, "pgupgrade-run", cwd or "", str(len(secrets)), *sorted(secrets)]
+        return shlex.join([*words, *argv]), "".join(f"{secrets[k]}\n" for k in sorted(secrets))
+
+    def _once(
+        self, argv: list[str], user: str | None, env: dict[str, str], cwd: str | None, stdin: str | None, timeout: float
+    ) -> tuple[int, bytes, bytes]:
+        transport = self._transport()
+        command, secret_lines = self.command_line(argv, user, self._login(transport), env, cwd)
+        deadline = time.monotonic() + timeout
+        try:
+            chan = transport.open_session(timeout=min(timeout, 30))
+        except Exception as exc:  # nothing was sent yet: safe to try again over a new connection
+            raise _Lost(f"opening a session failed: {type(exc).__name__}: {exc}", sent=False) from None
+        try:
+            chan.settimeout(timeout)  # bounds the writes below; reads wait in select() against the deadline
+            chan.exec_command(command)
+            data = (secret_lines + (stdin or "")).encode()
+            if data:
+                chan.sendall(data)
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+
+            def drain() -> None:
+                while chan.recv_ready():
+                    out.extend(chan.recv(65536))
+                while chan.recv_stderr_ready():
+                    err.extend(chan.recv_stderr(65536))
+
+            while not ((chan.eof_received or chan.closed) and chan.status_event.is_set()):
+                drain()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    chan.close()
+                    raise CommandError(
+                        [self.redactor(a) for a in argv],
+                        None,
+                        self.redactor(f"timed out after {timeout:g}s on {self.name}\n{err.decode(errors='replace')}"),
+                        self.redactor(out.decode(errors="replace")),
+                    )
+                if chan.eof_received or chan.closed:
+                    chan.status_event.wait(min(remaining, 1.0))
+                else:
+                    select.select([chan], [], [], min(remaining, 1.0))
+            drain()
+        except CommandError:
+            raise
+        except TimeoutError:
+            raise CommandError(
+                [self.redactor(a) for a in argv], None, f"timed out after {timeout:g}s on {self.name} (stdin not read)"
+            ) from None
+        except Exception as exc:  # socket errors, paramiko.SSHException, EOFError: the link failed mid-way
+            raise _Lost(f"{type(exc).__name__}: {exc}", sent=True) from None
+        finally:
+            chan.close()
+        code = chan.exit_status
+        if code == -1 and not transport.is_active():
+            raise _Lost("the connection closed before the command's exit status arrived", sent=True)
+        return code, bytes(out), bytes(err)
 
     def run(
         self,
@@ -180,33 +360,29 @@ class SSHHost:
         _check_argv(argv)
         full_env = {**BASE_ENV, **(env or {})}
         self.redactor.add(full_env.get("PGPASSWORD"))
-        words: list[str] = []
-        if user:
-            words += ["sudo", "-n", f"--preserve-env={','.join(sorted(full_env))}", "-u", user, "--"]
-        words += list(argv)
-        command = shlex.join(words)
-        if cwd:
-            command = f"cd {shlex.quote(cwd)} && {command}"
-        log.info("run on %s%s: %s", self.name, f" as {user}" if user else "", self.redactor(shlex.join(argv)))
+        shown = [self.redactor(a) for a in argv]
+        log.info("run on %s over ssh%s: %s", self.where, f" as {user}" if user else "", self.redactor(shlex.join(argv)))
         started = time.monotonic()
-        chan_in, chan_out, chan_err = self.client.exec_command(command, timeout=timeout, environment=full_env)
-        if stdin is not None:
-            chan_in.write(stdin)
-            chan_in.channel.shutdown_write()
-        try:
-            out = chan_out.read().decode()
-            err = chan_err.read().decode()
-            code = chan_out.channel.recv_exit_status()
-        except TimeoutError:
-            raise CommandError([self.redactor(a) for a in argv], None, "timed out") from None
+        attempts = 2 if self.connect is not None else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                code, out, err = self._once(argv, user, full_env, cwd, stdin, timeout)
+                break
+            except _Lost as lost:
+                again = attempt < attempts and (not lost.sent or read_only(argv))
+                if not again:
+                    raise SSHConnectionLost(shown, self.where, self.redactor(str(lost))) from None
+                log.warning("SSH connection %s lost (%s): running %s again", self.where, lost, shown[0])
         result = Result(
-            argv=[self.redactor(a) for a in argv],
+            argv=shown,
             exit_code=code,
-            stdout=self.redactor(out),
-            stderr=self.redactor(err),
+            stdout=self.redactor(out.decode(errors="replace")),
+            stderr=self.redactor(err.decode(errors="replace")),
             duration_s=time.monotonic() - started,
             user=user,
         )
+        log.info("exit %s after %.2fs", result.exit_code, result.duration_s)
         if check and code != 0:
-            raise CommandError(result.argv, code, result.stderr, result.stdout)
+            why = result.stderr or ("no exit status from the host (killed by a signal?)" if code == -1 else "")
+            raise CommandError(result.argv, code, why, result.stdout)
         return result

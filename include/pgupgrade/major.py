@@ -24,7 +24,7 @@ from pgupgrade.context import RunContext
 from pgupgrade.errors import CheckFailed, CommandError, ConfigError, PlanError
 from pgupgrade.params import COMMON, Field
 from pgupgrade.scratch import InitdbOptions, exists, is_empty_dir
-from pgupgrade.sql import connect, scalar
+from pgupgrade.sql import connect, fetch_named, scalar
 from pgupgrade.state import safe_name
 
 log = logging.getLogger(__name__)
@@ -710,9 +710,11 @@ def open_to_clients(ctx: RunContext, plan_: dict[str, Any]) -> None:
     Service(private, ctx.host).stop("fast")
     ctx.state.record("new_public_start")
     Service(public, ctx.host).start()
+    with connect(public) as conn:
+        lsn = fetch_named(conn, "wal-position")[0]["lsn"]  # a rollback counts the WAL written after this
     roles = ctx.state.load("blocked_roles", [])
     checks.unblock_logins(public, roles)
-    ctx.state.record("opened", roles=roles)
+    ctx.state.record("opened", roles=roles, wal_lsn=lsn)
 
 
 def cutover_steps(method: str) -> list[tuple[str, Callable[[RunContext, dict[str, Any]], Any]]]:

@@ -109,6 +109,8 @@ def markdown(rep: dict[str, Any]) -> str:
     for key in ("rollback_path", "rollback_reason", "next_steps"):
         if rep.get(key):
             lines += ["", f"**{key.replace('_', ' ')}**: {rep[key]}"]
+    if rep.get("accepted_data_loss"):
+        lines += ["", f"**accepted data loss**: {json.dumps(rep['accepted_data_loss'], default=str)[:2000]}"]
     if rep.get("failure"):
         lines += ["", "## Failure", "", "```", json.dumps(rep["failure"], indent=2, default=str)[:8000], "```"]
     return "\n".join(lines) + "\n"

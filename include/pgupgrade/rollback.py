@@ -10,6 +10,9 @@ Paths:
   began: the old files are no longer trustworthy; the old data directory is moved aside (never deleted) and
   the backup is restored into a fresh cluster of the old major. Refused when data changed after the backup
   or clients wrote to the new cluster, unless ``accept_data_loss``.
+
+After the new cluster opened to clients every path discards what they wrote since: the refusal states how many
+bytes of WAL the new cluster has written since it opened, and with ``accept_data_loss`` the report records them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pgupgrade.commands import Host
 from pgupgrade.errors import CheckFailed, ConfigError, PgUpgradeError, UnsafeState
 from pgupgrade.params import Field
 from pgupgrade.scratch import InitdbOptions, initdb
+from pgupgrade.sql import connect, fetch_named
 from pgupgrade.state import RunState
 
 log = logging.getLogger(__name__)
@@ -121,49 +125,91 @@ def data_loss_risks(upgrade_state: RunState, opened_changes: list[str] | None = 
     return risks
 
 
-def changes_since_open(upgrade_state: RunState, old: Cluster, host: Host) -> list[str] | None:
-    """Blocks logins on the opened new cluster, ends client sessions, and compares its facts with those taken
-    before it opened. None when that cannot be measured. Logins are given back if anything changed (the
-    rollback then refuses and the new cluster keeps serving)."""
+def wal_since_open(upgrade_state: RunState, new: Cluster) -> dict[str, Any] | None:
+    """How much WAL the opened new cluster has written since it opened: its LSN now minus its LSN at opening
+    (the ``opened`` journal event's ``wal_lsn``; else the facts taken just before opening, which also count the
+    restart onto the public port). None when the new cluster does not answer or no start LSN is on record."""
+    opened = upgrade_state.first("opened") or {}
+    since, basis = opened.get("wal_lsn"), "opening"
+    if not since:
+        since, basis = (upgrade_state.load("facts_after") or {}).get("wal_lsn"), "validation before opening"
+    if not since:
+        return None
+    try:
+        with connect(new) as conn:
+            row = fetch_named(conn, "wal-since", {"since": since})[0]
+    except psycopg2.Error as exc:
+        log.warning("cannot read the new cluster's WAL position: %s", exc)
+        return None
+    return {"bytes": int(row["bytes"]), "since_lsn": since, "now_lsn": row["lsn"], "since": basis}
+
+
+def describe_wal(wal: dict[str, Any] | None) -> str:
+    if wal is None:
+        return "an unknown amount of WAL (the new cluster's WAL position could not be read)"
+    return f"{wal['bytes']} bytes of WAL written since {wal['since']} (LSN {wal['since_lsn']} → {wal['now_lsn']})"
+
+
+def changes_since_open(upgrade_state: RunState, old: Cluster, host: Host) -> dict[str, Any]:
+    """What clients did to the opened new cluster: ``wal`` (wal_since_open, measured first, before this
+    function writes anything) and ``changes``: the differences between its facts now and those taken before it
+    opened, after blocking logins and ending client sessions (None when that cannot be measured). Logins are
+    given back if anything changed (the rollback then refuses and the new cluster keeps serving)."""
     plan = upgrade_state.load("plan") or {}
     after = upgrade_state.load("facts_after")
+    out: dict[str, Any] = {"wal": None, "changes": None}
     if not plan.get("new") or after is None:
-        return None
+        return out
     new = replace(old, bindir=plan["new"]["bindir"], datadir=plan["new"]["datadir"], confdir=None)
     try:
         if not Service(new, host).accepts_connections():
-            return None
+            return out
+        out["wal"] = wal_since_open(upgrade_state, new)
         roles = checks.block_logins(new)
         checks.terminate_clients(new)
         content = any("md5" in t for db in after["databases"].values() for t in db["tables"].values())
         diffs = facts.compare(after, facts.snapshot(new, content=content))
         if diffs:
             checks.unblock_logins(new, roles)
-        return diffs
+        out["changes"] = diffs
     except (PgUpgradeError, psycopg2.Error) as exc:
         log.warning("cannot compare the new cluster with its facts at opening: %s", exc)
-        return None
+    return out
 
 
 def decide(upgrade_state: RunState, old: Cluster, host: Host, *, accept_data_loss: bool) -> dict[str, Any]:
+    """The path and why. After the new cluster opened to clients, going back discards what they wrote: refused
+    (with the WAL byte count) when its facts differ from those at opening or cannot be compared, unless
+    accept_data_loss — then the decision records the loss accepted."""
     if not upgrade_state.dir.exists():
         raise ConfigError("upgrade_run_id", f"no state for {upgrade_state.dag_id} run {upgrade_state.run_id!r}")
     path, why = assess(upgrade_state, old, host)
-    opened_changes = None
+    decision: dict[str, Any] = {"path": path, "why": why, "opened_changes": None}
     if path != "old_running" and upgrade_state.happened("opened"):
-        opened_changes = changes_since_open(upgrade_state, old, host)
-        if (opened_changes is None or opened_changes) and not accept_data_loss:
+        since_open = changes_since_open(upgrade_state, old, host)
+        opened_changes, wal = since_open["changes"], since_open["wal"]
+        decision.update(opened_changes=opened_changes, wal_since_open=wal)
+        if opened_changes is None or opened_changes:
             what = (
                 "could not be compared with"
                 if opened_changes is None
                 else "differs from (" + "; ".join(opened_changes[:5]) + ")"
             )
-            raise UnsafeState(
-                f"clients were let into the new cluster and it {what} its state at opening: going back loses what "
-                f"they wrote (path would be {path}: {why}); set accept_data_loss=true to go ahead"
-            )
+            loss = f"going back loses what they wrote: {describe_wal(wal)}"
+            if not accept_data_loss:
+                raise UnsafeState(
+                    f"clients were let into the new cluster and it {what} its state at opening: {loss} (path "
+                    f"would be {path}: {why}); set accept_data_loss=true to go ahead"
+                )
+            decision["accepted_data_loss"] = {
+                "wal_bytes": wal["bytes"] if wal else None,
+                "wal": wal,
+                "changes": opened_changes,
+                "what": f"the new cluster {what} its state at opening; {loss}",
+            }
+            log.warning("accept_data_loss=true: %s", decision["accepted_data_loss"]["what"])
     log.info("rollback path: %s, because %s", path, why)
-    return {"path": path, "why": why, "opened_changes": opened_changes}
+    return decision
 
 
 def stop_if_running(cluster: Cluster, host: Host) -> bool:
@@ -269,6 +315,7 @@ def write_report(ctx: Any, **extra: Any) -> dict[str, str]:
         extra={
             "rollback_path": decision.get("path"),
             "rollback_reason": decision.get("why"),
+            "accepted_data_loss": decision.get("accepted_data_loss"),
             "upgrade_run": f"{ctx.params['upgrade_dag_id']}/{ctx.params['upgrade_run_id']}",
             **extra,
         },

@@ -3,6 +3,7 @@
 #  - Debian's postgresql-15 (creates the `postgres` OS user; servers run as that user),
 #  - PostgreSQL 15.18 and 15.20 binaries unpacked side by side under $PGUPGRADE_PGBIN (minor-upgrade tests),
 #  - Debian's chromium + chromium-driver (the end-to-end UI test drives the Airflow UI; no browser download),
+#  - Debian's openssh-server (the SSH-host test starts its own sshd on a free port; the package's own daemon is not needed),
 #  - a virtualenv in .venv with the pinned requirements and this package (editable).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -15,7 +16,7 @@ apt_updated=""
 apt_update() { [ -n "$apt_updated" ] || { $SUDO apt-get update -qq; apt_updated=1; }; }
 
 missing=()
-for pkg in postgresql-15 postgresql-client-15 python3-venv ca-certificates chromium chromium-driver; do
+for pkg in postgresql-15 postgresql-client-15 python3-venv ca-certificates chromium chromium-driver openssh-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

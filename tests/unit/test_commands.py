@@ -52,40 +52,11 @@ def test_runs_as_other_user_when_root():
     assert LocalHost().run(["id", "-un"], user="postgres").stdout.strip() == "postgres"
 
 
-class FakeChannel:
-    def __init__(self, code):
-        self.code = code
-
-    def recv_exit_status(self):
-        return self.code
-
-    def shutdown_write(self):
-        pass
-
-
-class FakeStream:
-    def __init__(self, data, code):
-        self.data, self.channel = data, FakeChannel(code)
-
-    def read(self):
-        return self.data
-
-    def write(self, _):
-        pass
-
-
-class FakeSSH:
-    def __init__(self):
-        self.commands = []
-
-    def exec_command(self, command, timeout=None, environment=None):
-        self.commands.append((command, environment))
-        return FakeStream(b"", 0), FakeStream(b"ok\n", 0), FakeStream(b"", 0)
-
-
-def test_ssh_host_quotes_every_word():
-    client = FakeSSH()
-    SSHHost(client, "db1").run(["psql", "-c", "select 1; drop table x"], user="postgres")
-    command, env = client.commands[0]
-    assert "'select 1; drop table x'" in command and command.startswith("sudo -n")
-    assert env["LC_ALL"] == "C"
+def test_ssh_command_line_quotes_every_word_and_keeps_secrets_off_it():
+    line, secret = SSHHost.command_line(
+        ["psql", "-c", "select 1; drop table x"], "postgres", "root", {"LC_ALL": "C", "PGPASSWORD": "s3cr3t-pw"}
+    )
+    assert "'select 1; drop table x'" in line and "runuser -u postgres --" in line and "LC_ALL=C" in line
+    assert "s3cr3t-pw" not in line and secret == "s3cr3t-pw\n"
+    sudo_line = SSHHost.command_line(["id"], "postgres", "deploy", {"LC_ALL": "C"})[0]
+    assert "sudo -n --preserve-env=LC_ALL -u postgres --" in sudo_line

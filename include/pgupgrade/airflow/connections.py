@@ -36,6 +36,11 @@ def host_for(cluster: Cluster) -> Host:
         from airflow.providers.ssh.hooks.ssh import SSHHook
 
         hook = SSHHook(ssh_conn_id=cluster.ssh_conn_id, cmd_timeout=None)
-        host = SSHHost(client=hook.get_conn(), name=hook.remote_host or cluster.ssh_conn_id)
+        host = SSHHost(
+            client=hook.get_conn(),
+            name=f"{hook.remote_host}:{hook.port}",
+            conn_id=cluster.ssh_conn_id,
+            connect=hook.get_conn,  # a new client when the link was found dead (the hook reconnects)
+        )
     host.redactor.add(cluster.password)
     return host
