@@ -57,6 +57,15 @@ DAG, step, error, run link and the report summary. The rollback DAG alerts when 
 Facts (databases, roles, row counts per table, optional content checksums) equal before and after; health
 check passes; extension metadata count unchanged and triggers firing; the new cluster answers on the old port.
 
+## Schedule and alerts
+Runs on the maintenance window of `include/config/windows.json` once unpaused (paused on creation). A scheduled
+run only dispatches: it reads `include/config/clusters.json` when it runs and starts one run per cluster whose
+entry names this DAG (`{"conn_id": "pg_main", "dags": {"pg15_to_pg16_upgrade": {"transfer_mode": "link"}}}`),
+run id `window__<conn_id>__<window start>`, conf = those defaults + `window_end`. A cluster already on the
+target major ends green at `dry_run_gate` ("nothing to do"), untouched. A run still going one window length after
+it was queued raises a deadline alert (DeadlineAlert; needs `airflow triggerer`) through the `pgupgrade_notify`
+channels.
+
 ## Trigger
 UI: *Trigger DAG w/ config*. CLI:
 `airflow dags trigger pg15_to_pg16_upgrade --conf '{"postgres_conn_id": "pg_main", "transfer_mode": "link"}'`
@@ -64,14 +73,15 @@ UI: *Trigger DAG w/ config*. CLI:
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from airflow.sdk import DAG, TaskGroup, TriggerRule, task
 
 from pgupgrade import major
+from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import notifiers
 from pgupgrade.airflow import runtime as rt
+from pgupgrade.airflow import schedule as sched
 from pgupgrade.airflow import windows as aw
 
 ROLLBACK_DAG_ID = "pg_major_upgrade_rollback"
@@ -91,20 +101,13 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
     def step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
         return rt.step_task(task_id, fn, F, spec=spec, doc=doc, **kw)
 
-    with DAG(
-        dag_id=dag_id,
+    with ad.upgrade_dag(
+        dag_id,
         description=f"{what}: pg_upgrade or dump/restore, automatic rollback",
         doc_md=__doc__,
-        schedule=None,
-        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-        catchup=False,
-        max_active_runs=1,
-        is_paused_upon_creation=True,
-        tags=["postgresql", "upgrade", "major"],
-        default_args={"owner": "dba", "retries": 0},
-        params=rt.airflow_params(F),
-        on_failure_callback=[rt.rollback_callback(ROLLBACK_DAG_ID), notifiers.dag_callback("failure")],
-        on_success_callback=notifiers.dag_callback("success"),
+        tags=["upgrade", "major"],
+        fields=F,
+        rollback_dag_id=ROLLBACK_DAG_ID,
     ) as dag:
         with TaskGroup("plan") as g_plan:
             plan, gate = rt.plan_phase(
@@ -210,6 +213,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
         g_plan >> g_prepare >> g_stop >> g_upgrade >> g_after >> rep
         gate >> g_prepare
         rt.failure_tail(dag, ROLLBACK_DAG_ID, F)
+        sched.scheduled_dispatch(F, before=g_plan)
     return dag
 
 

@@ -31,13 +31,12 @@ The upgrade run's state directory (journal, plan, facts, backup manifest). Unpau
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
-from airflow.sdk import DAG, TriggerRule, task
+from airflow.sdk import TriggerRule, task
 
 from pgupgrade import rollback
-from pgupgrade.airflow import notifiers
+from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import runtime as rt
 from pgupgrade.state import RunState
 
@@ -52,19 +51,12 @@ def _step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
     return rt.step_task(task_id, fn, F, doc=doc, **kw)
 
 
-with DAG(
-    dag_id="pg_major_upgrade_rollback",
+with ad.rollback_dag(
+    "pg_major_upgrade_rollback",
     description="Brings the old major back: path decided from facts on disk",
     doc_md=__doc__,
-    schedule=None,
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
-    is_paused_upon_creation=False,
-    tags=["postgresql", "upgrade", "major", "rollback"],
-    default_args={"owner": "dba", "retries": 0},
-    params=rt.airflow_params(F),
-    on_success_callback=notifiers.dag_callback("rollback"),
-    on_failure_callback=notifiers.dag_callback("failure"),
+    tags=["upgrade", "major"],
+    fields=F,
 ) as dag:
     validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
     lock = _step(

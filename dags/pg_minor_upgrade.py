@@ -58,6 +58,15 @@ when the data directory no longer starts (see its own documentation).
 PostgreSQL serves the target `version()`; facts equal before and after; TVIEWs exist, refresh and their
 triggers fire; health check passes; no `last_error`; queue empty; logins given back.
 
+## Schedule and alerts
+Runs on the maintenance window of `include/config/windows.json` once unpaused (paused on creation). A scheduled
+run only dispatches: it reads `include/config/clusters.json` when it runs and starts one run per cluster whose
+entry names this DAG (`{"conn_id": "pg_main", "dags": {"pg_minor_upgrade": {"target_version": "15.20", ...}}}`),
+run id `window__<conn_id>__<window start>`, conf = those defaults + `window_end`. A cluster already on the
+target ends green at `dry_run_gate` ("nothing to do"), untouched. A run still going one window length after it
+was queued raises a deadline alert (DeadlineAlert; needs `airflow triggerer`) through the `pgupgrade_notify`
+channels.
+
 ## Trigger
 UI: *Trigger DAG w/ config*. CLI:
 `airflow dags trigger pg_minor_upgrade --conf '{"postgres_conn_id": "pg_main", "installer": "bindir",
@@ -66,14 +75,14 @@ UI: *Trigger DAG w/ config*. CLI:
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
-from airflow.sdk import DAG, TaskGroup
+from airflow.sdk import TaskGroup
 
 from pgupgrade import minor
-from pgupgrade.airflow import notifiers
+from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import runtime as rt
+from pgupgrade.airflow import schedule as sched
 from pgupgrade.airflow import windows as aw
 
 F = minor.FIELDS
@@ -96,20 +105,13 @@ def sensor(task_id: str, fn: Any, timeout_param: str, doc: str) -> Any:
     return rt.sensor_task(task_id, fn, F, {}, timeout_param, doc)
 
 
-with DAG(
-    dag_id=minor.DAG_ID,
+with ad.upgrade_dag(
+    minor.DAG_ID,
     description="PostgreSQL minor release (same major): bindir | apt | command installer, automatic rollback",
     doc_md=__doc__,
-    schedule=None,
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
-    max_active_runs=1,
-    is_paused_upon_creation=True,
-    tags=["postgresql", "upgrade", "minor"],
-    default_args={"owner": "dba", "retries": 0},
-    params=rt.airflow_params(F),
-    on_failure_callback=[rt.rollback_callback(minor.ROLLBACK_DAG_ID), notifiers.dag_callback("failure")],
-    on_success_callback=notifiers.dag_callback("success"),
+    tags=["upgrade", "minor"],
+    fields=F,
+    rollback_dag_id=minor.ROLLBACK_DAG_ID,
 ) as dag:
     with TaskGroup("plan") as g_plan:
         plan, gate = rt.plan_phase(
@@ -209,3 +211,4 @@ with DAG(
     g_plan >> g_pre >> g_stop >> g_install >> g_val >> rep
     gate >> g_pre
     rt.failure_tail(dag, minor.ROLLBACK_DAG_ID, F)
+    sched.scheduled_dispatch(F, before=g_plan)

@@ -39,13 +39,12 @@ logins given back.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
-from airflow.sdk import DAG, TriggerRule, task
+from airflow.sdk import TriggerRule, task
 
 from pgupgrade import minor
-from pgupgrade.airflow import notifiers
+from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import runtime as rt
 
 F = minor.ROLLBACK_FIELDS
@@ -55,19 +54,12 @@ def _step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
     return rt.step_task(task_id, fn, F, doc=doc, **kw)
 
 
-with DAG(
-    dag_id=minor.ROLLBACK_DAG_ID,
+with ad.rollback_dag(
+    minor.ROLLBACK_DAG_ID,
     description="Back to the minor release recorded by the upgrade run; restore only if the data no longer starts",
     doc_md=__doc__,
-    schedule=None,
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
-    is_paused_upon_creation=False,
-    tags=["postgresql", "upgrade", "minor", "rollback"],
-    default_args={"owner": "dba", "retries": 0},
-    params=rt.airflow_params(F),
-    on_success_callback=notifiers.dag_callback("rollback"),
-    on_failure_callback=notifiers.dag_callback("failure"),
+    tags=["upgrade", "minor"],
+    fields=F,
 ) as dag:
     validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
     lock = _step("take_lock", rt.take_over_lock, "Takes the cluster lock over from the upgrade run.")

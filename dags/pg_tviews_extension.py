@@ -66,6 +66,14 @@ Extension at the target in every database in scope; new columns and functions pr
 metadata rows unchanged; triggers exactly as before; every TVIEW refreshed with stats and no validate issues;
 scan times within the threshold; report written.
 
+## Schedule and alerts
+Runs on the maintenance window of `include/config/windows.json` once unpaused (paused on creation). A scheduled
+run only dispatches: it reads `include/config/clusters.json` when it runs and starts one run per cluster whose
+entry names this DAG (`"dags": {"pg_tviews_minor_update": {"target_version": "0.1.6"}}`), run id
+`window__<conn_id>__<window start>`. A cluster whose extension is already at the target ends green at
+`dry_run_gate`, untouched. A run still going one window length after it was queued raises a deadline alert
+(DeadlineAlert; needs `airflow triggerer`) through the `pgupgrade_notify` channels.
+
 ## Trigger
 `airflow dags trigger pg_tviews_0_1_to_0_2_migration --conf '{"postgres_conn_id": "pg_main",
 "backup_dir": "/backups/pg_tviews-0.2"}'`
@@ -73,15 +81,15 @@ scan times within the threshold; report written.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from airflow.sdk import DAG, TaskGroup
 
 from pgupgrade import extension as ext
 from pgupgrade import major
-from pgupgrade.airflow import notifiers
+from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import runtime as rt
+from pgupgrade.airflow import schedule as sched
 
 ROLLBACK_DAG_ID = ext.ROLLBACK_DAG_ID
 
@@ -95,20 +103,13 @@ def build(dag_id: str, spec: dict[str, Any], fields: list[Any], description: str
     def step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
         return rt.step_task(task_id, fn, fields, spec=spec, doc=doc, **kw)
 
-    with DAG(
-        dag_id=dag_id,
+    with ad.upgrade_dag(
+        dag_id,
         description=description,
         doc_md=__doc__,
-        schedule=None,
-        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-        catchup=False,
-        max_active_runs=1,
-        is_paused_upon_creation=True,
-        tags=["postgresql", "extension", "pg_tviews"],
-        default_args={"owner": "dba", "retries": 0},
-        params=rt.airflow_params(fields),
-        on_failure_callback=[rt.rollback_callback(ROLLBACK_DAG_ID), notifiers.dag_callback("failure")],
-        on_success_callback=notifiers.dag_callback("success"),
+        tags=["extension", "pg_tviews"],
+        fields=fields,
+        rollback_dag_id=ROLLBACK_DAG_ID,
     ) as dag:
         with TaskGroup("plan") as g_plan:
             _plan_task, gate = rt.plan_phase(
@@ -192,6 +193,7 @@ def build(dag_id: str, spec: dict[str, Any], fields: list[Any], description: str
         g_plan >> g_prepare >> g_stop >> g_upgrade >> g_verify >> g_reenable >> g_wrapup
         gate >> g_prepare
         rt.failure_tail(dag, ROLLBACK_DAG_ID, fields)
+        sched.scheduled_dispatch(fields, before=g_plan)
     return dag
 
 

@@ -36,13 +36,12 @@ Unpaused on creation.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
-from airflow.sdk import DAG, TriggerRule, task
+from airflow.sdk import TriggerRule, task
 
 from pgupgrade import extension as ext
-from pgupgrade.airflow import notifiers
+from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import runtime as rt
 
 F = ext.ROLLBACK_FIELDS
@@ -59,19 +58,12 @@ def _assess(rc: Any) -> dict[str, Any]:
     return decision
 
 
-with DAG(
-    dag_id=ext.ROLLBACK_DAG_ID,
+with ad.rollback_dag(
+    ext.ROLLBACK_DAG_ID,
     description="pg_tviews back to the version before a failed update: per database from the journal",
     doc_md=__doc__,
-    schedule=None,
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
-    is_paused_upon_creation=False,
-    tags=["postgresql", "extension", "pg_tviews", "rollback"],
-    default_args={"owner": "dba", "retries": 0},
-    params=rt.airflow_params(F),
-    on_success_callback=notifiers.dag_callback("rollback"),
-    on_failure_callback=notifiers.dag_callback("failure"),
+    tags=["extension", "pg_tviews"],
+    fields=F,
 ) as dag:
     validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
     lock = _step("take_lock", rt.take_over_lock, "Takes the cluster lock over from the upgrade run.")

@@ -860,6 +860,14 @@ def _task(dags: Dags, ref: str) -> Any:
     for t in dag.tasks:
         if t.task_id == task_id or t.task_id.endswith("." + task_id):
             return t
+    from types import SimpleNamespace
+
+    from pgupgrade import major
+
+    steps = dict(major.cutover_steps("pg_upgrade") + major.cutover_steps("dump_restore"))
+    if task_id in steps and any(t.task_id == "upgrade.pg_upgrade" for t in dag.tasks):
+        doc = inspect.getdoc(getattr(major, task_id, None)) or f"`{task_id}` step of the cutover task."
+        return SimpleNamespace(task_id=task_id, doc_md=doc.split("\n\n")[0].replace("\n", " "))  # a cutover step
     raise ValueError(f"template names task {task_id!r}, which {dag_id} does not have")
 
 

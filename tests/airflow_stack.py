@@ -1,5 +1,6 @@
-"""A real Airflow 3.3 deployment for end-to-end tests: api-server, scheduler (LocalExecutor) and dag-processor,
-with its metadata database in a PostgreSQL cluster of the test pool. Talks to it over the REST API."""
+"""A real Airflow 3.3 deployment for end-to-end tests: api-server, scheduler (LocalExecutor), dag-processor and
+triggerer (deferred work and DeadlineAlert callbacks), with its metadata database in a PostgreSQL cluster of the
+test pool. Talks to it over the REST API."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ class AirflowStack:
 
     def start(self) -> AirflowStack:
         self.airflow("db", "migrate")
-        for name in ("api-server", "scheduler", "dag-processor"):
+        for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
             log = open(self.home / f"{name}.log", "wb")
             argv = [sys.executable, "-m", "airflow", name] + (
                 ["--port", str(self.port)] if name == "api-server" else []
@@ -122,6 +123,9 @@ class AirflowStack:
 
     def unpause(self, dag_id: str) -> None:
         self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def pause(self, dag_id: str) -> None:
+        self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": True})
 
     def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str) -> str:
         self.api("POST", f"/dags/{dag_id}/dagRuns", json={"dag_run_id": run_id, "logical_date": None, "conf": conf})

@@ -188,9 +188,9 @@ def plan(ctx: RunContext) -> dict[str, Any]:
             f"PostgreSQL {running} is not supported "
             f"(supported: {SUPPORTED_MAJORS.start} to {SUPPORTED_MAJORS.stop - 1})"
         )
-    old_inst = versions.inspect(old.bindir, host)
-    if running.major == to_major:
+    if running.major == to_major:  # before inspecting pg_bindir: the old installation may be gone by now
         return {"already_upgraded": True, "running": str(running), "reason": f"cluster already runs {running}"}
+    old_inst = versions.inspect(old.bindir, host)
     if running.major != from_major or running.major > to_major:
         raise PlanError(f"this DAG upgrades {from_major} to {to_major}; the cluster runs {running}")
     if old_inst.major != running.major:

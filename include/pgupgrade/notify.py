@@ -7,10 +7,27 @@ from typing import Any
 
 from pgupgrade.state import RunState
 
-EVENTS = ("outage_start", "success", "failure", "rollback")
+EVENTS = ("outage_start", "success", "failure", "rollback", "deadline_missed", "rollback_trigger_failed")
+TITLES = {
+    "outage_start": "outage starts",
+    "success": "succeeded",
+    "failure": "FAILED",
+    "rollback": "rolled back",
+    "deadline_missed": "overran the maintenance window",
+    "rollback_trigger_failed": "the automatic ROLLBACK DID NOT START: start it by hand",
+}
 
 
-def message(event: str, state: RunState, *, cluster: str | None, run_link: str | None) -> dict[str, Any]:
+def message(
+    event: str,
+    state: RunState,
+    *,
+    cluster: str | None,
+    run_link: str | None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The alert; ``detail`` carries what one event adds (the window of a missed deadline, how to start a
+    rollback by hand)."""
     if event not in EVENTS:
         raise ValueError(f"unknown event {event!r}; known: {', '.join(EVENTS)}")
     events = state.events()
@@ -35,9 +52,9 @@ def message(event: str, state: RunState, *, cluster: str | None, run_link: str |
         "failed_step": failed[-1]["step"] if failed else None,
         "error": (failed[-1].get("error") or "")[-2000:] if failed else None,
         "report": state.load("report"),
+        "detail": detail or {},
     }
-    title = {"outage_start": "outage starts", "success": "succeeded", "failure": "FAILED", "rollback": "rolled back"}
-    msg["subject"] = f"[pgupgrade] {state.dag_id} on {cluster or '?'} {title[event]}"
+    msg["subject"] = f"[pgupgrade] {state.dag_id} on {cluster or '?'} {TITLES[event]}"
     return msg
 
 
@@ -46,4 +63,6 @@ def as_text(msg: dict[str, Any]) -> str:
     lines += [f"{k}: {v}" for k, v in msg["summary"].items() if v is not None]
     if msg["failed_step"]:
         lines += ["", f"failed step: {msg['failed_step']}", "", str(msg["error"])]
+    if msg.get("detail"):
+        lines += [""] + [f"{k}: {v}" for k, v in msg["detail"].items()]
     return "\n".join(lines)

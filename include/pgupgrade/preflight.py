@@ -16,7 +16,6 @@ so the preflight never runs ``pg_upgrade --check`` against a cluster a run is st
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 from dataclasses import replace
@@ -25,7 +24,7 @@ from typing import Any
 
 from pgupgrade import checks, major, minor, versions, windows
 from pgupgrade.context import RunContext
-from pgupgrade.errors import ConfigError, PgUpgradeError
+from pgupgrade.errors import PgUpgradeError
 from pgupgrade.params import Field, validate
 from pgupgrade.state import RunState, safe_name, write_json
 
@@ -43,16 +42,12 @@ def clusters_path() -> Path:
 
 
 def load_clusters(path: Path | None = None) -> list[str]:
-    """The Airflow postgres connection ids of the clusters to check: ``{"clusters": ["pg_main", ...]}`` (a plain
-    file read: safe at DAG parse time)."""
-    path = path or clusters_path()
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(str(path), f"cannot read the cluster list: {exc}") from None
-    ids = raw.get("clusters") if isinstance(raw, dict) else None
-    if not isinstance(ids, list):
-        raise ConfigError(str(path), 'must be {"clusters": ["<postgres connection id>", ...]}')
+    """The Airflow postgres connection ids of the clusters to check: ``{"clusters": ["pg_main", ...]}`` — an entry
+    may also be ``{"conn_id": ..., "dags": {...}}`` (see ``pgupgrade.schedule``) — a plain file read: safe at DAG
+    parse time."""
+    from pgupgrade import schedule
+
+    ids = [e.conn_id for e in schedule.read_entries(path or clusters_path())]
     return list(validate([fields(["x"])[0]], {"clusters": ids})["clusters"])
 
 

@@ -1,6 +1,8 @@
 """Operations under the real Airflow 3.3 scheduler (one stack for the module): failure alerts reach a real SMTP
-server and a webhook, the trigger form in the UI (headless Debian chromium) rejects a bad value, and an application
-that stays unhealthy after the start fails the run and triggers the rollback."""
+server and a webhook, the trigger form in the UI (headless Debian chromium) rejects a bad value, an application
+that stays unhealthy after the start fails the run and triggers the rollback, and a run that overruns its
+maintenance window (a 20-second window in this stack) raises the DeadlineAlert and — its rollback DAG paused —
+the loud "rollback did not start" alert."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -30,6 +33,9 @@ GENERIC_DAG = "pg_major_upgrade"
 FAIL_RUN = "ops-fail"  # pg15_to_pg16_upgrade: the queue never drains
 UNHEALTHY_RUN = "ops-unhealthy-app"  # pg_major_upgrade to 16: the application stays unhealthy after the start
 ROLLBACK_DAG = "pg_major_upgrade_rollback"
+MINOR_DAG, MINOR_ROLLBACK_DAG = "pg_minor_upgrade", "pg_minor_upgrade_rollback"
+WINDOW_RUN = "ops-window-overrun"  # pg_minor_upgrade: a client never leaves; runs past the 20 s window, then fails
+WINDOW_S = 20
 
 
 def _version(cluster: Cluster) -> int:
@@ -103,6 +109,7 @@ class Ops:
     app: _Http
     mailbox: _Mailbox
     pool: Any
+    window: Cluster
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +119,14 @@ def ops(pool: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
     meta = pool.new("17", "ops_meta", seed=False)
     failing = pool.new("15.18", "ops_failing")
     healthy = pool.new("15.18", "ops_unhealthy_app")
+    window = pool.new("15.18", "ops_window")
+    windows_file = tmp_path_factory.mktemp("ops-windows") / "windows.json"
+    days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]  # deadline = the window's length: 20 s
+    windows_file.write_text(
+        json.dumps({"default": {"days": days, "start": "00:00:00", "end": f"00:00:{WINDOW_S}", "timezone": "UTC"}})
+    )
+    held = ExitStack()  # a client session that never leaves: the window run's wait_no_clients keeps waiting
+    held.enter_context(connect(window, APP_DB))
     with connect(failing, APP_DB) as conn, conn.cursor() as cur:  # a queue that never drains → sensor fails
         cur.execute("INSERT INTO orders (customer, amount) VALUES ('pending', 1)")
     state_dir = tmp_path_factory.mktemp("ops") / "state"
@@ -120,9 +135,10 @@ def ops(pool: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
     smtp.start()
     stack: AirflowStack | None = None
     try:
-        env = dict([connection_env(failing), connection_env(healthy)])
+        env = dict([connection_env(failing), connection_env(healthy), connection_env(window)])
         env |= {
             "PGUPGRADE_STATE_DIR": str(state_dir),
+            "PGUPGRADE_WINDOWS_FILE": str(windows_file),
             "AIRFLOW_CONN_OPS_SMTP": json.dumps(
                 {
                     "conn_type": "smtp",
@@ -142,17 +158,22 @@ def ops(pool: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
             ),
         }
         stack = AirflowStack(meta, env).start()
-        stack.wait_for_dags([UPGRADE_DAG, GENERIC_DAG, ROLLBACK_DAG])
-        for dag_id in (UPGRADE_DAG, GENERIC_DAG, ROLLBACK_DAG):
+        stack.wait_for_dags([UPGRADE_DAG, GENERIC_DAG, ROLLBACK_DAG, MINOR_DAG, MINOR_ROLLBACK_DAG])
+        for dag_id in (UPGRADE_DAG, GENERIC_DAG, ROLLBACK_DAG, MINOR_DAG, MINOR_ROLLBACK_DAG):
             stack.unpause(dag_id)
-        # both upgrade runs start now and go on side by side (two DAGs, two clusters) while the tests look at them
+        # the upgrade runs start now and go on side by side (three DAGs, three clusters) while the tests look at them
         stack.trigger(UPGRADE_DAG, _conf(failing, queue_wait_timeout_s=1), FAIL_RUN)
         stack.trigger(GENERIC_DAG, _conf(healthy, target_major=16), UNHEALTHY_RUN)
-        yield Ops(stack, state_dir, failing, healthy, webhook, app, mailbox, pool)
+        stack.trigger(MINOR_DAG, _minor_conf(window), WINDOW_RUN)
+        # the window run checked its rollback DAG is active; now an operator pauses it (before the run fails)
+        _wait(lambda: _task_state(stack, MINOR_DAG, WINDOW_RUN, "plan.check_rollback_dag") == "success", 240, "check")
+        stack.pause(MINOR_ROLLBACK_DAG)
+        yield Ops(stack, state_dir, failing, healthy, webhook, app, mailbox, pool, window)
     finally:
         if stack is not None:
             stack.stop()
             shutil.rmtree(stack.home, ignore_errors=True)
+        held.close()
         smtp.stop()
         webhook.stop()
         app.stop()
@@ -167,6 +188,25 @@ def _conf(cluster: Cluster, **over: Any) -> dict[str, Any]:
         "new_bindir": installation("16").bindir,
         **over,
     }
+
+
+def _minor_conf(cluster: Cluster) -> dict[str, Any]:
+    return {
+        "postgres_conn_id": cluster.name,
+        "installer": "bindir",
+        "target_version": "15.20",
+        "new_bindir": installation("15.20").bindir,
+        "backup_dir": str(Path(cluster.datadir).parent / "backup"),
+        "min_free_gb": 1,
+        "connection_wait_timeout_s": 30,
+    }
+
+
+def _task_state(stack: AirflowStack, dag_id: str, run_id: str, task_id: str) -> str | None:
+    try:
+        return stack.task_states(dag_id, run_id).get(task_id)
+    except Exception:  # the run is not there yet
+        return None
 
 
 def _wait(pred: Any, timeout: float, what: str) -> None:
@@ -325,8 +365,8 @@ def test_unhealthy_application_after_start_triggers_rollback(ops: Ops) -> None:
     assert ops.stack.wait_run(GENERIC_DAG, run_id, timeout=400) == "failed"
     print(f"upgrade run failed after {time.monotonic() - started:.0f}s more")
     states = ops.stack.task_states(GENERIC_DAG, run_id)
-    assert states["validate.start_applications"] == "success", states
-    assert states["validate.app_health"] == "failed" and states["trigger_rollback"] == "success", states
+    assert states["after.start_applications"] == "success", states
+    assert states["after.app_health"] == "failed" and states["trigger_rollback"] == "success", states
     assert states["report"] == "upstream_failed", states
     assert ops.app.gets >= 2, "the health URL was not polled"
 
@@ -362,3 +402,43 @@ def _type_into(driver: Any, element: Any, value: str) -> None:
     element.send_keys(Keys.DELETE)
     element.send_keys(value)
     element.send_keys(Keys.TAB)
+
+
+def test_window_overrun_alert_and_loud_alert_when_the_rollback_cannot_start(ops: Ops) -> None:
+    """pg_minor_upgrade on a cluster a client never leaves, in a stack whose maintenance window lasts 20 s: the run
+    is still waiting for clients when the DeadlineAlert fires (the triggerer sends the webhook "overran the
+    maintenance window"); then wait_no_clients gives up, the run fails with logins blocked and triggers its
+    rollback — but the rollback DAG was paused after the run started: the webhook gets "rollback_trigger_failed"
+    naming the run and the conf to start it by hand. Unpausing the DAG (what the alert says to do) starts the
+    queued rollback, which gives the logins back."""
+    started = time.monotonic()
+
+    def hook(event: str) -> dict[str, Any] | None:
+        return next((p for p in ops.webhook.posts if p["run_id"] == WINDOW_RUN and p["event"] == event), None)
+
+    _wait(lambda: hook("deadline_missed") is not None, 120, "deadline webhook")
+    late = hook("deadline_missed")
+    assert late is not None and late["dag_id"] == MINOR_DAG and late["cluster"] == ops.window.name, late
+    assert "overran the maintenance window" in late["subject"] and "overran" in late["detail"]["alert"], late
+    print(f"deadline alert after {time.monotonic() - started:.0f}s: {late['detail']['alert']}")
+
+    assert ops.stack.wait_run(MINOR_DAG, WINDOW_RUN, timeout=240) == "failed"
+    states = ops.stack.task_states(MINOR_DAG, WINDOW_RUN)
+    assert states["stop.wait_no_clients"] == "failed" and states["trigger_rollback"] == "success", states
+    rb_id = f"rollback__{WINDOW_RUN}"
+    assert ops.stack.run_state(MINOR_ROLLBACK_DAG, rb_id) == "queued"  # created, but its DAG is paused
+    _wait(lambda: hook("rollback_trigger_failed") is not None, 60, "rollback_trigger_failed webhook")
+    loud = hook("rollback_trigger_failed")
+    assert loud is not None, loud
+    want = {"upgrade_dag_id": MINOR_DAG, "upgrade_run_id": WINDOW_RUN, "postgres_conn_id": ops.window.name}
+    assert loud["detail"]["manual_conf"] == want and loud["detail"]["rollback_run_id"] == rb_id, loud
+    assert "DID NOT START" in loud["subject"] and "paused" in loud["detail"]["reason"], loud
+    assert f"airflow dags trigger {MINOR_ROLLBACK_DAG} --run-id {rb_id}" in loud["detail"]["start_by_hand_cli"]
+    print(f"rollback_trigger_failed after {time.monotonic() - started:.0f}s: {loud['detail']['reason']}")
+
+    ops.stack.unpause(MINOR_ROLLBACK_DAG)  # the documented way out: the queued rollback run starts
+    assert ops.stack.wait_run(MINOR_ROLLBACK_DAG, rb_id, timeout=180) == "success"
+    with connect(ops.window, APP_DB) as conn:
+        assert scalar(conn, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app_user'") is True
+        assert int(scalar(conn, "SHOW server_version_num")) == 150018
+    print(f"rollback done after {time.monotonic() - started:.0f}s")

@@ -276,14 +276,20 @@ def trigger_via_api(dag_id: str, run_id: str, conf: dict[str, Any]) -> str:
 
 def rollback_callback(rollback_dag_id: str) -> Callable[[dict[str, Any]], None]:
     """DAG-level on_failure_callback: triggers the same rollback run id through the REST API, for runs that
-    fail without a failed task (dagrun_timeout, a killed run). Harmless when the task path already did."""
+    fail without a failed task (dagrun_timeout, a killed run). Harmless when the task path already did. When this
+    trigger fails too (API down, no API connection) or the rollback DAG is paused, and the run's own ``finish``
+    did not already see the rollback start or say it did not, it sends the loud ``rollback_trigger_failed``
+    alert with the conf to start the rollback by hand."""
 
     def _callback(context: dict[str, Any]) -> None:
         dag_run = context.get("dag_run")
         if dag_run is None:
             return
+        if str(getattr(dag_run, "run_type", "")).lower().endswith("scheduled"):
+            return  # a scheduled run only dispatches per-cluster runs: it never touches a cluster
         dag_id, run_id = dag_run.dag_id, dag_run.run_id
-        if not RunState.for_run(dag_id, run_id).events():
+        state = RunState.for_run(dag_id, run_id)
+        if not state.events():
             log.info("run %s changed nothing: no rollback needed", run_id)
             return
         conf = {
@@ -292,7 +298,25 @@ def rollback_callback(rollback_dag_id: str) -> Callable[[dict[str, Any]], None]:
             "postgres_conn_id": (dag_run.conf or {}).get("postgres_conn_id")
             or context["params"].get("postgres_conn_id"),
         }
-        log.info(trigger_via_api(rollback_dag_id, rollback_run_id(run_id), conf))
+        problem: str | None = None
+        try:
+            outcome = trigger_via_api(rollback_dag_id, rollback_run_id(run_id), conf)
+            log.info(outcome)
+            if outcome.startswith("no "):
+                problem = outcome
+            elif _dag_paused_via_api(rollback_dag_id):
+                problem = f"the rollback DAG {rollback_dag_id} is paused: its run stays queued"
+        except Exception as exc:  # API down, 4xx/5xx: say so loudly below
+            problem = f"triggering {rollback_dag_id} through the REST API failed: {type(exc).__name__}: {exc}"
+            log.error(problem)
+        settled = state.happened("rollback_started") or state.happened("rollback_not_started")
+        if problem and state.side_effects() and not settled:
+            from pgupgrade.airflow import notifiers
+
+            state.record("rollback_not_started", reason=problem, by="callback")
+            notifiers.rollback_not_started(
+                dag_id, run_id, conf["postgres_conn_id"], rollback_dag_id, rollback_run_id(run_id), problem, context
+            )
 
     return _callback
 
@@ -400,9 +424,39 @@ def failure_tail(dag: Any, rollback_dag_id: str, fields: list[Field]) -> None:
             rc.lock.release(dag_id, run_id)
         if failed and rc is not None and state.events():
             write_failure_report(rc, failed)
+        if failed and state.happened("rollback_triggered"):
+            _check_rollback_started(ctx, failed, state, rc)
         if failed:
             raise AirflowFailException(f"tasks failed: {', '.join(failed)}")
         return "run finished"
+
+    def _check_rollback_started(ctx: Any, failed: list[str], state: RunState, rc: RunContext | None) -> None:
+        """The loud alert when the rollback run was not created (trigger_rollback failed) or cannot start (the
+        rollback DAG is paused: the run stays queued); journaled so the DAG callback does not repeat it."""
+        rb_run = rollback_run_id(ctx["run_id"])
+        problem: str | None = None
+        if "trigger_rollback" in failed:
+            problem = f"the trigger_rollback task failed: run {rb_run} of {rollback_dag_id} was not created"
+        else:
+            try:
+                paused = _dag_paused_via_api(rollback_dag_id)
+                if paused is None:
+                    paused = _dag_paused_via_orm(rollback_dag_id)
+            except Exception as exc:
+                paused = None
+                problem = f"cannot confirm the rollback DAG {rollback_dag_id} is active: {exc}"
+            if paused:
+                problem = f"the rollback DAG {rollback_dag_id} is paused: its run {rb_run} stays queued"
+            elif paused is None and problem is None:
+                log.warning("cannot tell whether %s is paused (no %s connection)", rollback_dag_id, API_CONN_ID)
+        if problem is None:
+            state.record("rollback_started", dag_id=rollback_dag_id, run_id=rb_run)
+            return
+        from pgupgrade.airflow import notifiers
+
+        cluster = rc.params["postgres_conn_id"] if rc is not None else ctx["params"].get("postgres_conn_id")
+        state.record("rollback_not_started", reason=problem, by="finish")
+        notifiers.rollback_not_started(ctx["dag"].dag_id, ctx["run_id"], cluster, rollback_dag_id, rb_run, problem, ctx)
 
     gate = handover_lock()
     upstream >> gate

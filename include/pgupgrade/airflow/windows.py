@@ -1,5 +1,6 @@
-"""Maintenance windows for Airflow: ``MaintenanceWindowTimetable`` (registered by plugins/pgupgrade_plugin.py)
-and the window guard a task runs before the outage.
+"""Maintenance windows for Airflow: ``MaintenanceWindowTimetable`` (registered by plugins/pgupgrade_plugin.py),
+the window guard a task runs before the outage, and ``deadline_alerts``: the DeadlineAlert that fires when a run
+is still going after a window's length (needs a running ``airflow triggerer``).
 
 A scheduled run is created when its window opens and its data interval is [window start, window end], so a
 task reads the end of its window from ``data_interval_end``. A manual run triggered inside a window (with a
@@ -12,6 +13,8 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from airflow.sdk.definitions.callback import AsyncCallback
+from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 from airflow.timetables.base import DagRunInfo, DataInterval, TimeRestriction, Timetable
 from pendulum import DateTime, instance
 
@@ -109,3 +112,34 @@ def window_guard(rc: RunContext, estimate_s: float, *, now: dt.datetime | None =
     window it refuses too. With neither, there is no limit."""
     start, end = windows.effective_window(rc.params.get("window_end", ""), run_window_from_context())
     return windows.check_fits(end, estimate_s, now or dt.datetime.now(dt.UTC), window_start=start)
+
+
+# -- overrunning the window ------------------------------------------------------------------------------------
+
+
+def window_length(spec: windows.WindowSpec) -> dt.timedelta:
+    """The window's length by the wall clock (end - start; +1 day when it crosses midnight)."""
+    day = dt.date(2000, 1, 3)
+    start = dt.datetime.combine(day, spec.start)
+    end = dt.datetime.combine(day + dt.timedelta(days=1) if spec.crosses_midnight else day, spec.end)
+    return end - start
+
+
+def deadline_alerts(window: str = "default", path: Path | None = None) -> list[DeadlineAlert]:
+    """``deadline=`` for an upgrade DAG: alert (through the ``pgupgrade_notify`` channels) when a run is still
+    going one window length after it was queued — for a scheduled run and the per-cluster runs it dispatches,
+    that is when the window closes. The length comes from the window config (a file read at parse time); the
+    alert is sent by the triggerer (``pgupgrade.airflow.notifiers.deadline_missed``)."""
+    from pgupgrade.airflow import notifiers
+
+    spec = windows.load(window, path)
+    return [
+        DeadlineAlert(
+            reference=DeadlineReference.DAGRUN_QUEUED_AT,
+            interval=window_length(spec),
+            callback=AsyncCallback(
+                notifiers.deadline_missed, kwargs={"window": window, "window_text": spec.describe()}
+            ),
+            name=f"overran maintenance window {window}",
+        )
+    ]
