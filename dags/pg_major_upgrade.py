@@ -23,7 +23,8 @@ copy and dump/restore time with the data size. The plan prints its estimate; the
 1. **plan** — `check_rollback_dag`, `validate_params`, `acquire_lock` (per cluster), `plan` (support matrix,
    blockers, extensions in the new installation, disk space, `pg_upgrade --check` against a throwaway cluster
    that matches the old one, method and outage estimate), `dry_run_gate`.
-2. **prepare** — `backup` (globals + `pg_dump -Fd -j N` per database, verified, checksummed), `rehearsal`.
+2. **prepare** — `backup` (globals + `pg_dump -Fd -j N` per database, verified, checksummed), `rehearsal`,
+   `init_new` (initdb of the new cluster matching the old one, before the outage).
 3. **stop** — `window_guard`, `stop_applications` (admin hook), `notify_outage_start`, `block_logins` (new
    logins refused; connected clients keep working), sensors `wait_no_clients` (until they leave, at most
    `terminate_after_s`) and `wait_queue_empty`.
@@ -130,7 +131,13 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 lambda rc: major.rehearsal(rc, _plan(rc)),
                 "Optional: the same upgrade on a scratch copy restored from the backup.",
             )
-            bkp >> rehearse
+            init = step(
+                "init_new",
+                lambda rc: major.init_new(rc, _plan(rc)),
+                "initdb of the new cluster matching the old one (locale, encoding, checksums, WAL segment "
+                "size), before the outage.",
+            )
+            bkp >> rehearse >> init
 
         with TaskGroup("stop") as g_stop:
             window = step(
@@ -151,7 +158,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 F,
                 spec,
                 "connection_wait_timeout_s",
-                "No client sessions left (terminated after terminate_after_s if set).",
+                "No client sessions left, or terminate_after_s passed (the cutover then terminates them).",
             )
             queue = rt.sensor_task(
                 "wait_queue_empty",
@@ -180,7 +187,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 F,
                 spec=spec,
                 doc="The outage-critical section in one process: terminate_clients, snapshot_facts, stop_old, "
-                "pg_upgrade (initdb matching the old cluster, planned transfer mode), configure_new, "
+                "pg_upgrade (in the planned transfer mode), configure_new, "
                 "start_new_private, update_extensions, validate_facts, health_check, open_to_clients.",
             )
             dr = rt.steps_task(
@@ -189,9 +196,8 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 F,
                 spec=spec,
                 doc="The outage-critical section in one process: terminate_clients, snapshot_facts, stop_old, "
-                "dump_restore (initdb matching the old cluster, pg_dump -Fd -j N / pg_restore -j N per "
-                "database), configure_new, start_new_private, update_extensions, validate_facts, health_check, "
-                "open_to_clients.",
+                "dump_restore (pg_dump -Fd -j N / pg_restore -j N per database), configure_new, "
+                "start_new_private, update_extensions, validate_facts, health_check, open_to_clients.",
             )
             branch >> [pgu, dr]
 

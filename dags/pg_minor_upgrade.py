@@ -22,7 +22,8 @@ Each task is a step of the runbook; the run's journal, plan, facts and report li
 - The rollback DAG `pg_minor_upgrade_rollback` unpaused (checked first).
 
 ## Impact
-Outage from *block logins* to *open to clients*: the time to stop, install (apt: download and unpack), start
+Outage for connected clients from *terminate_clients* (new logins are refused from *block logins*) to
+*open to clients*: the time to stop, install (apt: download and unpack), start
 and validate — seconds for `bindir`. TVIEWs and data are not migrated. With `apt` (and usually `command`)
 every cluster of that major on the host runs the new binaries after its next restart (`ack_other_clusters`).
 The plan prints its estimate; the report the measured outage.
@@ -36,14 +37,18 @@ The plan prints its estimate; the report the measured outage.
    `pre_checks` (`include/sql/health-check.sql`, `version()` and `pg_tviews_version()` recorded),
    `prefetch` (apt: `apt-get install --download-only`, so the outage holds only the unpacking),
    `wait_queue_empty`.
-3. **stop** — `window_guard`, `block_logins`, sensors `wait_no_clients` and `wait_queue_drained`,
-   `snapshot_facts` (row counts, WAL position), `stop_server` (clean stop, confirmed down).
-4. **install** — `install` (`bindir`: switch recorded; `apt`: `apt-get install postgresql-N=<v>
-   postgresql-client-N=<v>`; `command`: the admin's argv; a cluster the package scripts started is stopped
-   again; `postgres --version` must be the target), `start_new` (pg_isready polling; extension loads).
-5. **validate** — `validate_facts` (`version()` is the target; databases, roles, row counts, extension versions
-   and TVIEW metadata count equal the snapshot), `health_check`, `refresh_tviews`, `smoke_test` (a change to
-   each backing table reaches the queue, rolled back; no `last_error`; queue empty), then `open_to_clients`.
+3. **stop** — `window_guard`, `block_logins` (new logins refused; connected clients keep working), sensors
+   `wait_no_clients` (until they leave, at most `terminate_after_s`) and `wait_queue_drained`.
+4. **cutover** — one task running the outage-critical steps in one process, each journaled under its own name
+   (a task hand-off costs 1-3 s of scheduling; see docs/benchmarks.md): `terminate_clients` (whoever is left
+   after the grace period; then waits for the queue to be empty), `snapshot_facts` (row counts, WAL position),
+   `stop_server` (clean stop, confirmed down), `install` (`bindir`: switch recorded; `apt`: `apt-get install
+   postgresql-N=<v> postgresql-client-N=<v>`; `command`: the admin's argv; a cluster the package scripts started
+   is stopped again; `postgres --version` must be the target), `start_new` (pg_isready polling; extension
+   loads), `validate_facts` (`version()` is the target; databases, roles, row counts, extension versions and
+   TVIEW metadata count equal the snapshot), `health_check`, `smoke_test` (a change to each backing table
+   reaches the queue, rolled back; no `last_error`; queue empty), `open_to_clients` (logins given back).
+5. **after** — `refresh_tviews` (clients are back).
 6. **report** — JSON + Markdown: step durations, measured outage, versions before/after, next steps
    (`bindir`: point the connection's `pg_bindir` at the new bin directory).
 
@@ -159,7 +164,7 @@ with ad.upgrade_dag(
             "wait_no_clients",
             minor.major.clients_gone,
             "connection_wait_timeout_s",
-            "No client sessions left (terminated after terminate_after_s if set).",
+            "No client sessions left, or terminate_after_s passed (the cutover then terminates them).",
         )
         drained = sensor(
             "wait_queue_drained",
@@ -167,48 +172,21 @@ with ad.upgrade_dag(
             "queue_wait_timeout_s",
             "The queue is still empty now that no client can write.",
         )
-        snap = step(
-            "snapshot_facts",
-            lambda rc: minor.major.snapshot(minor.before(rc, _plan(rc)), _plan(rc)),
-            "Databases, roles, row counts, sizes, WAL position, TVIEW metadata count.",
-        )
-        stop = step(
-            "stop_server", lambda rc: minor.stop_server(rc, _plan(rc)), "Clean (fast) shutdown, confirmed down."
-        )
-        window >> block >> no_clients >> drained >> snap >> stop
+        window >> block >> no_clients >> drained
 
-    with TaskGroup("install") as g_install:
-        inst = step(
-            "install",
-            lambda rc: minor.install(rc, _plan(rc)),
-            "bindir: switch recorded; apt: apt-get install of the exact versions; command: the admin's "
-            "argv. postgres --version must then be the target.",
-        )
-        start = step(
-            "start_new",
-            lambda rc: minor.start_new(rc, _plan(rc)),
-            "Start on the target release, wait for readiness (pg_isready); the extension loads.",
-        )
-        inst >> start
+    cutover = rt.steps_task(
+        "cutover",
+        [(name, lambda rc, fn=fn: fn(rc, _plan(rc))) for name, fn in minor.cutover_steps()],
+        F,
+        doc="The outage-critical section in one process: terminate_clients, snapshot_facts, stop_server, "
+        "install, start_new, validate_facts, health_check, smoke_test, open_to_clients.",
+    )
 
-    with TaskGroup("validate") as g_val:
-        vf = step(
-            "validate_facts",
-            lambda rc: minor.validate_facts(rc, _plan(rc)),
-            "version() is the target; facts and TVIEW metadata count equal the snapshot.",
-        )
-        hc = step("health_check", lambda rc: minor.health_check(rc, _plan(rc)), "include/sql/health-check.sql.")
-        rf = step("refresh_tviews", lambda rc: minor.refresh_tviews(rc, _plan(rc)), "Refresh every TVIEW (force).")
-        sm = step(
-            "smoke_test",
-            lambda rc: minor.smoke_test(rc, _plan(rc)),
-            "Triggers fire (rolled back), no last_error, queue empty.",
-        )
-        op = step("open_to_clients", lambda rc: minor.open_to_clients(rc, _plan(rc)), "Logins given back.")
-        vf >> hc >> rf >> sm >> op
+    with TaskGroup("after") as g_after:
+        step("refresh_tviews", lambda rc: minor.refresh_tviews(rc, _plan(rc)), "Refresh every TVIEW (force).")
 
     rep = step("report", lambda rc: minor.write_report(rc, "success"), "JSON + Markdown report.")
-    g_plan >> g_pre >> g_stop >> g_install >> g_val >> rep
+    g_plan >> g_pre >> g_stop >> cutover >> g_after >> rep
     gate >> g_pre
     rt.failure_tail(dag, minor.ROLLBACK_DAG_ID, F)
     sched.scheduled_dispatch(F, before=g_plan)

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from pgupgrade import versions
 from pgupgrade.cluster import Cluster, Service
@@ -202,17 +203,37 @@ def seed_data(cluster: Cluster, rows: int = 1000) -> None:
 
 
 class WriteProbe:
-    """An application that never stops: inserts a numbered row every interval, reconnecting after errors, and
-    remembers which inserts the server acknowledged (committed)."""
+    """An application that never stops: a separate process (so a busy caller cannot delay it) inserts a numbered
+    row every interval, reconnects after errors, and records which inserts the server acknowledged (committed),
+    with their monotonic times (CLOCK_MONOTONIC is system-wide, so comparable with the caller's).
+
+    Every attempt takes a fresh id: an insert that committed but whose acknowledgement was lost leaves a row
+    that is simply not counted, instead of wedging the probe on a primary-key conflict. ``pause``/``resume``
+    model the application being stopped and started by an operator. The process is spawned (a caller running
+    threads is never forked), so a script that uses the probe needs the ``if __name__ == "__main__":`` guard."""
 
     def __init__(self, cluster: Cluster, dbname: str = APP_DB, user: str = "app_user", interval: float = 0.05):
-        import threading
+        import multiprocessing as mp
 
         self.cluster, self.dbname, self.user, self.interval = cluster, dbname, user, interval
-        self.acked: list[tuple[int, float]] = []
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        ctx = mp.get_context("spawn")  # no fork of a caller that runs threads (Airflow, samplers)
+        self._queue: Any = ctx.Queue()
+        self._stop, self._paused, self._ready = ctx.Event(), ctx.Event(), ctx.Event()
+        self._errors: Any = ctx.Value("i", 0)
+        conninfo = {
+            **cluster.conninfo(dbname),
+            "user": user,
+            "connect_timeout": 2,
+            "application_name": "write_probe",
+            "options": "-c statement_timeout=5000",
+        }
+        self._proc = ctx.Process(
+            target=_probe_loop,
+            args=(conninfo, interval, self._queue, self._stop, self._paused, self._ready, self._errors),
+            daemon=True,
+        )
+        self._acked: list[tuple[int, float]] = []
+        self._done = False
 
     @staticmethod
     def create_table(cluster: Cluster, dbname: str = APP_DB, user: str = "app_user") -> None:
@@ -222,49 +243,101 @@ class WriteProbe:
             cur.execute("CREATE TABLE IF NOT EXISTS write_probe (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
             cur.execute(psql.SQL("GRANT ALL ON write_probe TO {}").format(psql.Identifier(user)))
 
-    def _loop(self) -> None:
-        import time
+    def start(self, timeout: float = 30) -> WriteProbe:
+        """Starts the process and returns once it has had its first insert acknowledged."""
+        self._proc.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise TimeoutError(f"write probe: no insert acknowledged within {timeout}s ({self.errors} errors)")
+        return self
 
-        import psycopg2
+    def pause(self) -> None:
+        self._paused.set()
 
-        n, conn = 0, None
-        while not self._stop.is_set():
+    def resume(self) -> None:
+        self._paused.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._drain(until_done=True)  # before join: a process with queued items does not exit
+        self._proc.join(timeout=10)
+
+    def _drain(self, until_done: bool = False) -> None:
+        import queue
+
+        while not self._done:
+            try:
+                item = self._queue.get(timeout=0.5) if until_done else self._queue.get_nowait()
+            except queue.Empty:
+                if until_done and self._proc.is_alive():
+                    continue
+                return
+            if item is None:
+                self._done = True
+            else:
+                self._acked.append(item)
+
+    @property
+    def acked(self) -> list[tuple[int, float]]:
+        """(id, monotonic time) of every acknowledged insert so far."""
+        self._drain()
+        return self._acked
+
+    @property
+    def errors(self) -> int:
+        return int(self._errors.value)
+
+    def longest_gap(self) -> float:
+        times = [t for _, t in self.acked]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+    def lost(self, cluster: Cluster) -> list[int]:
+        """Acknowledged ids missing from the table in cluster (after an upgrade: the new one)."""
+        with connect(cluster, self.dbname) as conn, conn.cursor() as cur:
+            cur.execute("SELECT id FROM write_probe")
+            present = {r[0] for r in cur.fetchall()}
+        return [i for i, _ in self.acked if i not in present]
+
+    missing = lost
+
+
+def _probe_loop(
+    conninfo: dict[str, Any], interval: float, out: Any, stop: Any, paused: Any, ready: Any, errors: Any
+) -> None:
+    """The probe process: one attempt per interval, each with a fresh id; (id, time) of each acknowledged one."""
+    import time
+
+    import psycopg2
+
+    attempt, conn = 0, None
+    try:
+        while not stop.is_set():
+            if paused.is_set():
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                stop.wait(interval)
+                continue
+            attempt += 1
             try:
                 if conn is None:
-                    conn = psycopg2.connect(
-                        **{**self.cluster.conninfo(self.dbname), "user": self.user, "connect_timeout": 2}
-                    )
+                    conn = psycopg2.connect(**conninfo)
                     conn.autocommit = True
                 with conn.cursor() as cur:
-                    cur.execute("INSERT INTO write_probe (id) VALUES (%s)", (n + 1,))
-                n += 1
-                self.acked.append((n, time.monotonic()))
+                    cur.execute("INSERT INTO write_probe (id) VALUES (%s)", (attempt,))
+                out.put((attempt, time.monotonic()))
+                ready.set()
             except psycopg2.Error:
-                self.errors += 1
+                with errors.get_lock():
+                    errors.value += 1
                 if conn is not None:
                     try:
                         conn.close()
                     except psycopg2.Error:
                         pass
                 conn = None
-            self._stop.wait(self.interval)
+            stop.wait(interval)
+    finally:
         if conn is not None:
             conn.close()
-
-    def start(self) -> WriteProbe:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def longest_gap(self) -> float:
-        times = [t for _, t in self.acked]
-        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
-
-    def missing(self, cluster: Cluster) -> list[int]:
-        with connect(cluster, self.dbname) as conn, conn.cursor() as cur:
-            cur.execute("SELECT id FROM write_probe")
-            present = {r[0] for r in cur.fetchall()}
-        return [i for i, _ in self.acked if i not in present]
+        out.put(None)

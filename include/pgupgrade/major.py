@@ -21,7 +21,7 @@ from psycopg2 import sql as psql
 from pgupgrade import backup, checks, facts, upgrade, versions
 from pgupgrade.cluster import Cluster, Service
 from pgupgrade.context import RunContext
-from pgupgrade.errors import CheckFailed, CommandError, ConfigError, PlanError
+from pgupgrade.errors import CheckFailed, CommandError, ConfigError, PlanError, UnsafeState
 from pgupgrade.params import COMMON, Field
 from pgupgrade.scratch import InitdbOptions, exists, is_empty_dir
 from pgupgrade.sql import connect, fetch_named, scalar
@@ -525,6 +525,25 @@ def _sock(plan_: dict[str, Any], name: str) -> str:
     return upgrade.socket_path(f"{plan_['work_dir']}/{name}")
 
 
+def init_new(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
+    """initdb of the new cluster (matching the old one) and the preload libraries it needs — before the outage,
+    so the outage holds only the transfer. Refuses a non-empty directory and a second initdb in one run."""
+    ctx.state.refuse_if("new_initdb", "the new cluster was already initialised by this run; trigger the rollback DAG")
+    old, host = ctx.cluster, ctx.host
+    new_inst = versions.inspect(plan_["new"]["bindir"], host)
+    new_datadir = plan_["new"]["datadir"]
+    ctx.state.record("new_initdb", datadir=new_datadir)
+    upgrade.prepare_new_cluster(old, new_inst, new_datadir, InitdbOptions(**plan_["initdb"]), host)
+    if plan_["shared_preload_libraries"]:
+        _set_preload(host, new_datadir, plan_["shared_preload_libraries"], old.os_user)
+    return {"datadir": new_datadir, "version": str(new_inst.version)}
+
+
+def _require_new_cluster(ctx: RunContext) -> None:
+    if not ctx.state.happened("new_initdb"):
+        raise UnsafeState("init_new has not run for this run: no freshly initialised new cluster to fill")
+
+
 def run_pg_upgrade(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     old, host = ctx.cluster, ctx.host
     ctx.state.refuse_if(
@@ -532,14 +551,11 @@ def run_pg_upgrade(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
         "pg_upgrade already ran (or began) for this run; refusing to run it "
         "twice on a half-built directory: trigger the rollback DAG",
     )
+    _require_new_cluster(ctx)
     new_inst = versions.inspect(plan_["new"]["bindir"], host)
     new_datadir = plan_["new"]["datadir"]
     work = plan_["work_dir"]
     sock = upgrade.make_socket_dir(host, _sock(plan_, "sock"), old.os_user)
-    ctx.state.record("new_initdb", datadir=new_datadir)
-    upgrade.prepare_new_cluster(old, new_inst, new_datadir, InitdbOptions(**plan_["initdb"]), host)
-    if plan_["shared_preload_libraries"]:
-        _set_preload(host, new_datadir, plan_["shared_preload_libraries"], old.os_user)
     argv = upgrade.pg_upgrade_argv(
         old,
         new_inst,
@@ -568,8 +584,7 @@ def run_dump_restore(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     work = plan_["work_dir"]
     old_private = upgrade.private_cluster(old, old.datadir, old.bindir, _sock(plan_, "old-sock"))
     new_private = _new_cluster(ctx, plan_, private=True)
-    ctx.state.record("new_initdb", datadir=new_private.datadir)
-    upgrade.prepare_new_cluster(old, new_inst, new_private.datadir, InitdbOptions(**plan_["initdb"]), host)
+    _require_new_cluster(ctx)
     ctx.state.record("transfer_started", method="dump_restore")
     started = time.monotonic()
     upgrade.start_private(old_private, host, old_private.host)

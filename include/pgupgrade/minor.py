@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -550,6 +551,22 @@ def open_to_clients(ctx: RunContext, plan_: dict[str, Any]) -> list[str]:
     checks.unblock_logins(after(ctx, plan_).cluster, roles)
     ctx.state.record("opened", roles=roles)
     return list(roles)
+
+
+def cutover_steps() -> list[tuple[str, Callable[[RunContext, dict[str, Any]], Any]]]:
+    """The outage-critical section, run in one task process (as in the major upgrade): every step journaled
+    under its own name."""
+    return [
+        ("terminate_clients", lambda ctx, p: major.terminate_clients(before(ctx, p), p)),
+        ("snapshot_facts", lambda ctx, p: major.snapshot(before(ctx, p), p)),
+        ("stop_server", stop_server),
+        ("install", install),
+        ("start_new", start_new),
+        ("validate_facts", validate_facts),
+        ("health_check", health_check),
+        ("smoke_test", smoke_test),
+        ("open_to_clients", open_to_clients),
+    ]
 
 
 def write_report(ctx: RunContext, status: str) -> dict[str, str]:

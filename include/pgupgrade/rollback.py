@@ -229,9 +229,27 @@ def stop_new(upgrade_state: RunState, old: Cluster, host: Host) -> None:
             log.info("stopped the new cluster in %s", new["datadir"])
 
 
+def empty_unused_new(upgrade_state: RunState, old: Cluster, host: Host) -> bool:
+    """The new data directory holds only initdb's output when no transfer began: emptied (the directory itself
+    stays, it may be a mount point) so that a new run can use it."""
+    plan = upgrade_state.load("plan") or {}
+    made = upgrade_state.first("new_initdb")
+    if (
+        not made
+        or upgrade_state.happened("transfer_started")
+        or made.get("datadir") != plan.get("new", {}).get("datadir")
+    ):
+        return False
+    stop_new(upgrade_state, old, host)
+    host.run(["find", made["datadir"], "-mindepth", "1", "-delete"], user=old.os_user)
+    log.info("emptied %s: initdb's output only, no transfer began", made["datadir"])
+    return True
+
+
 def bring_back_old(path: str, upgrade_state: RunState, old: Cluster, host: Host) -> None:
     if path != "old_running":
         stop_new(upgrade_state, old, host)
+    empty_unused_new(upgrade_state, old, host)
     if path == "restore_pg_control":
         host.run(
             ["mv", "--", f"{old.datadir}/global/pg_control.old", f"{old.datadir}/global/pg_control"], user=old.os_user

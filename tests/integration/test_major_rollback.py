@@ -104,3 +104,19 @@ def test_failed_run_writes_a_failure_report_with_pg_upgrade_logs(pool, monkeypat
     assert any("injected failure" in (e["error"] or "") for e in rep["failure"]["errors"])
     assert rep["failure"]["pg_upgrade_logs"], "pg_upgrade_output.d logs belong in the failure report"
     assert_rolled_back(old, "pg15_to_pg16_upgrade", dr.run_id, "restore_pg_control")
+
+
+def test_failure_before_the_stop_leaves_the_new_data_directory_reusable(pool, monkeypatch):
+    """init_new ran before the outage; the cutover fails at stop_old before anything stops: the rollback keeps
+    the old cluster serving and empties the new data directory (initdb's output only), so a new run can use it."""
+    old = pool.new("15.18")
+    conf = upgrade_conf(pool, old, "16", transfer_mode="link")
+    track_new(pool, old, conf)
+    monkeypatch.setenv("PGUPGRADE_INJECT_FAILURE", "stop_old")
+    dr, states = run("pg15_to_pg16_upgrade", conf)
+    assert dr.state == "failed" and states["prepare.init_new"] == "success", states
+    assert states["upgrade.pg_upgrade"] == "failed", states
+    assert Path(conf["new_datadir"], "PG_VERSION").exists()
+    monkeypatch.delenv("PGUPGRADE_INJECT_FAILURE")
+    assert_rolled_back(old, "pg15_to_pg16_upgrade", dr.run_id, "old_running")
+    assert Path(conf["new_datadir"]).is_dir() and not any(Path(conf["new_datadir"]).iterdir())

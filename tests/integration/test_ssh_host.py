@@ -306,7 +306,7 @@ def test_link_dropped_mid_step_then_rollback(pool: Pool, sshd: Sshd, ssh_conn: s
     dr, states = run(UPGRADE, conf)
     cutter.join(5)
     assert killed and ended == [True], "the link was never cut"
-    assert dr.state == "failed" and states["install.start_new"] == "failed", states
+    assert dr.state == "failed" and states["cutover"] == "failed", states
     assert states["trigger_rollback"] == "success", states
     state = RunState.for_run(UPGRADE, dr.run_id, state_root())
     error = next(e["error"] for e in state.events() if e["event"] == "step" and e["status"] == "failed")
