@@ -862,12 +862,16 @@ def _task(dags: Dags, ref: str) -> Any:
             return t
     from types import SimpleNamespace
 
-    from pgupgrade import major
+    from pgupgrade import major, minor
 
-    steps = dict(major.cutover_steps("pg_upgrade") + major.cutover_steps("dump_restore"))
-    if task_id in steps and any(t.task_id == "upgrade.pg_upgrade" for t in dag.tasks):
-        doc = inspect.getdoc(getattr(major, task_id, None)) or f"`{task_id}` step of the cutover task."
-        return SimpleNamespace(task_id=task_id, doc_md=doc.split("\n\n")[0].replace("\n", " "))  # a cutover step
+    cutovers = {  # task of one process → (library module, its steps): a step of it is named like a task
+        "upgrade.pg_upgrade": (major, major.cutover_steps("pg_upgrade") + major.cutover_steps("dump_restore")),
+        "cutover": (minor, minor.cutover_steps()),
+    }
+    for cutover_task, (module, steps) in cutovers.items():
+        if task_id in dict(steps) and any(t.task_id == cutover_task for t in dag.tasks):
+            doc = inspect.getdoc(getattr(module, task_id, None)) or f"`{task_id}` step of the cutover task."
+            return SimpleNamespace(task_id=task_id, doc_md=doc.split("\n\n")[0].replace("\n", " "))
     raise ValueError(f"template names task {task_id!r}, which {dag_id} does not have")
 
 
