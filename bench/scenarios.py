@@ -506,10 +506,11 @@ def pg_upgrade_step(env: Env, tag: str, *, jobs: int, relations: int = 0, templa
 # -- DAG parse time -----------------------------------------------------------------------------------------
 
 _PARSE = """
-import json, os, sys
+import gc, json, os, sys
 from pathlib import Path
 from airflow.dag_processing.dagbag import DagBag
 import airflow.sdk
+gc.freeze()  # as the dag-processor's manager does before it forks the parsing processes
 out = {}
 for f in sorted(Path(sys.argv[1]).glob("*.py")):
     r, w = os.pipe()

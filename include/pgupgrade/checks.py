@@ -7,12 +7,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from psycopg2 import sql as psql
-
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
 from pgupgrade.profiles import ExtensionProfile
-from pgupgrade.sql import connect, fetch, fetch_named
+from pgupgrade.sql import connect, fetch, fetch_named, psql
 from pgupgrade.versions import Installation
 
 log = logging.getLogger(__name__)

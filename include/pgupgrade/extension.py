@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg2 import sql as psql
-
 from pgupgrade import backup, checks, facts, rollback, versions
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
@@ -32,7 +30,7 @@ from pgupgrade.errors import CheckFailed, ConfigError, PlanError, UnsafeState
 from pgupgrade.params import COMMON, Field, check_abs_path
 from pgupgrade.profiles import Conn, ExtensionProfile
 from pgupgrade.scratch import exists, is_empty_dir
-from pgupgrade.sql import connect, fetch, fetch_named, load, scalar
+from pgupgrade.sql import connect, fetch, fetch_named, load, psql, scalar
 from pgupgrade.state import RunState
 
 log = logging.getLogger(__name__)

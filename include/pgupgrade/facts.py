@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from psycopg2 import sql as psql
-
 from pgupgrade.cluster import Cluster
-from pgupgrade.sql import connect, fetch_named, scalar
+from pgupgrade.sql import connect, fetch_named, psql, scalar
 
 Facts = dict[str, Any]
 

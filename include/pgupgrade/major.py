@@ -16,15 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from psycopg2 import sql as psql
-
 from pgupgrade import backup, checks, facts, upgrade, versions
 from pgupgrade.cluster import Cluster, Service
 from pgupgrade.context import RunContext
 from pgupgrade.errors import CheckFailed, CommandError, ConfigError, PlanError, UnsafeState
 from pgupgrade.params import COMMON, Field
 from pgupgrade.scratch import InitdbOptions, exists, is_empty_dir
-from pgupgrade.sql import connect, fetch_named, scalar
+from pgupgrade.sql import connect, fetch_named, psql, scalar
 from pgupgrade.state import safe_name
 
 log = logging.getLogger(__name__)

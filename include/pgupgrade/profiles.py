@@ -10,19 +10,19 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
-
-from psycopg2 import sql as psql
-from psycopg2.extensions import connection
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pgupgrade.errors import ConfigError
-from pgupgrade.sql import fetch, scalar
+from pgupgrade.sql import fetch, psql, scalar
 
 PROFILES_FILE = Path(
     os.environ.get("PGUPGRADE_PROFILES", Path(__file__).resolve().parents[1] / "config" / "extension_profiles.json")
 )
 
-Conn: TypeAlias = connection
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection
+
+Conn: TypeAlias = "connection"
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,13 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-import psycopg2
-
 from pgupgrade import backup, checks, facts, upgrade, versions
 from pgupgrade.cluster import Cluster, Service
 from pgupgrade.commands import Host
 from pgupgrade.errors import CheckFailed, ConfigError, PgUpgradeError, UnsafeState
 from pgupgrade.params import Field
 from pgupgrade.scratch import InitdbOptions, initdb
-from pgupgrade.sql import connect, fetch_named
+from pgupgrade.sql import connect, fetch_named, psycopg2
 from pgupgrade.state import RunState
 
 log = logging.getLogger(__name__)

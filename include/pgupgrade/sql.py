@@ -7,14 +7,34 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cache
+from importlib import import_module
 from pathlib import Path
-from typing import Any
-
-import psycopg2
-import psycopg2.extensions
-from psycopg2 import sql
+from typing import TYPE_CHECKING, Any
 
 from pgupgrade.cluster import Cluster
+
+
+class _LazyModule:
+    """A module imported on first attribute access. The DAG files import this library when Airflow parses them,
+    and loading psycopg2's C extension (with its bundled libpq and OpenSSL) costs up to 0.25 s per parsed file;
+    no DAG needs the driver before a task runs."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(import_module(self._name), attr)
+
+
+if TYPE_CHECKING:
+    import psycopg2
+    import psycopg2.extensions
+    from psycopg2 import sql as psql
+else:
+    psycopg2 = _LazyModule("psycopg2")
+    psql = _LazyModule("psycopg2.sql")
+
+__all__ = ["SQL_DIR", "Params", "connect", "fetch", "fetch_named", "ident", "load", "psql", "psycopg2", "scalar"]
 
 SQL_DIR = Path(os.environ.get("PGUPGRADE_SQL_DIR", Path(__file__).resolve().parents[1] / "sql"))
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -34,9 +54,9 @@ def load(name: str) -> str:
     return path.read_text()
 
 
-def ident(*parts: str) -> sql.Composable:
+def ident(*parts: str) -> psql.Composable:
     """A (schema-)qualified identifier, quoted by psycopg2."""
-    return sql.Identifier(*parts)
+    return psql.Identifier(*parts)
 
 
 @contextmanager
@@ -57,7 +77,7 @@ def connect(
 
 
 def fetch(
-    conn: psycopg2.extensions.connection, query: str | sql.Composable, params: Params = None
+    conn: psycopg2.extensions.connection, query: str | psql.Composable, params: Params = None
 ) -> list[tuple[Any, ...]]:
     with conn.cursor() as cur:
         cur.execute(query, params)
@@ -74,6 +94,6 @@ def fetch_named(conn: psycopg2.extensions.connection, name: str, params: Params 
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
-def scalar(conn: psycopg2.extensions.connection, query: str | sql.Composable, params: Params = None) -> Any:
+def scalar(conn: psycopg2.extensions.connection, query: str | psql.Composable, params: Params = None) -> Any:
     rows = fetch(conn, query, params)
     return rows[0][0] if rows else None

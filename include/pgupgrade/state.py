@@ -111,6 +111,8 @@ class RunState:
 
 
 IsAlive = Callable[[str, str], bool]
+# Journal events that change nothing in the cluster: a run that crashed after only these left nothing to undo.
+HARMLESS = frozenset({"backup_started"})
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ class ClusterLock:
                         f"cluster {self.key} is locked by {alive[0][0]} run {alive[0][1]!r} since {current['at']}; "
                         "wait for it to finish (or for its rollback)"
                     ) from None
+                self._refuse_if_crashed_mid_change(owners)
                 os.replace(self._write_tmp(me), self.path)
                 return f"lock {self.key} was left by finished run {owners[-1][0]}/{owners[-1][1]}; taken over"
             else:
@@ -178,6 +181,23 @@ class ClusterLock:
                     json.dump(me, fh)
                 return f"lock {self.key} acquired"
         raise LockHeld(f"could not acquire lock {self.key}")
+
+    def _refuse_if_crashed_mid_change(self, owners: list[tuple[str, str]]) -> None:
+        """A finished run that still holds the lock and whose journal records a change to the cluster crashed in
+        the middle (a finished run releases the lock or hands it to its rollback): its half-done state must be
+        rolled back (or looked at) before any other run may touch the cluster."""
+        for dag_id, run_id in owners:
+            changes = [
+                e for e in RunState.for_run(dag_id, run_id, self.root).side_effects() if e["event"] not in HARMLESS
+            ]
+            if changes:
+                last = changes[-1]
+                raise LockHeld(
+                    f"cluster {self.key} is locked by {dag_id} run {run_id!r}, which ended without releasing the lock "
+                    f"after changing the cluster (last recorded: {last['event']} at {last['at']}): it crashed mid-way. "
+                    f"Run its rollback DAG with upgrade_run_id={run_id!r} (it takes the lock over), or check the "
+                    f"cluster by hand and delete {self.path}"
+                ) from None
 
     def _write_tmp(self, data: dict[str, Any]) -> Path:
         tmp = self.path.with_suffix(".tmp")
