@@ -31,7 +31,8 @@ copy and dump/restore time with the data size. The plan prints its estimate; the
 4. **upgrade** — `choose_method` branches to `pg_upgrade` (link | copy | clone | swap) or `dump_restore`. Either
    branch is **one task running the outage-critical steps in one process**, each journaled under its own name:
    `terminate_clients` (whoever is left after the grace period; then waits for the queue to be empty),
-   `snapshot_facts`, `stop_old`, `pg_upgrade` | `dump_restore`, `configure_new` (configuration carried over
+   `snapshot_facts`, `stop_old` then `pg_upgrade` | `dump_restore` (from the old cluster while it still runs
+   with logins blocked and no client left, uncompressed) then `stop_old`, `configure_new` (configuration carried over
    correctly), `start_new_private` (private socket, no TCP), `update_extensions` (pg_upgrade's
    `update_extensions.sql`, metadata, triggers firing), `validate_facts`, `health_check`, `open_to_clients` (old
    port and sockets; logins given back). Why one task: each task hand-off costs 1-3 s of scheduling and process
@@ -195,9 +196,10 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 cutover("dump_restore"),
                 F,
                 spec=spec,
-                doc="The outage-critical section in one process: terminate_clients, snapshot_facts, stop_old, "
-                "dump_restore (pg_dump -Fd -j N / pg_restore -j N per database), configure_new, "
-                "start_new_private, update_extensions, validate_facts, health_check, open_to_clients.",
+                doc="The outage-critical section in one process: terminate_clients, snapshot_facts, "
+                "dump_restore (pg_dump -Fd -j N -Z 0 from the old cluster, still running with logins blocked and "
+                "no client left / pg_restore -j N per database), stop_old, configure_new, start_new_private, "
+                "update_extensions, validate_facts, health_check, open_to_clients.",
             )
             branch >> [pgu, dr]
 

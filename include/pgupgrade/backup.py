@@ -57,9 +57,17 @@ def _manifest(
 
 
 def take(
-    cluster: Cluster, host: Host, backup_dir: str, databases: list[str], *, jobs: int = 2, bindir: str | None = None
+    cluster: Cluster,
+    host: Host,
+    backup_dir: str,
+    databases: list[str],
+    *,
+    jobs: int = 2,
+    bindir: str | None = None,
+    transfer: bool = False,
 ) -> dict[str, Any]:
-    """Writes the backup into backup_dir (created, must be empty) and returns its manifest."""
+    """Writes the backup into backup_dir (created, must be empty) and returns its manifest. ``transfer``: a dump
+    restored at once inside the outage (dump/restore method): uncompressed, not re-read, not checksummed."""
     bindir = bindir or cluster.bindir
     env = cluster.libpq_env()
     user = cluster.os_user
@@ -74,14 +82,19 @@ def take(
     for db in databases:
         target = f"{backup_dir}/db-{safe_name(db)}"
         host.run(
-            [f"{bindir}/pg_dump", "-Fd", "-j", str(jobs), "-f", target, "-d", db],
+            [f"{bindir}/pg_dump", "-Fd", "-j", str(jobs), *(["-Z", "0"] if transfer else []), "-f", target, "-d", db],
             user=user,
             env=cluster.libpq_env(db),
             timeout=24 * 3600,
         )
+        if transfer:
+            dumps[db] = {"dir": target}
+            continue
         toc = host.run([f"{bindir}/pg_restore", "-l", target], user=user, timeout=600).stdout
         entries = [line for line in toc.splitlines() if line and not line.startswith(";")]  # readable
         dumps[db] = {"dir": target, "toc_entries": len(entries)}
+    if transfer:
+        return {"backup_dir": backup_dir, "bindir": bindir, "started": started, "databases": dumps}
     return _manifest(host, cluster, backup_dir, user, started=started, bindir=bindir, dumps=dumps)
 
 

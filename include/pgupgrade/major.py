@@ -580,20 +580,25 @@ def run_dump_restore(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     ctx.state.refuse_if("transfer_started", "dump/restore already began for this run; trigger the rollback DAG")
     new_inst = versions.inspect(plan_["new"]["bindir"], host)
     work = plan_["work_dir"]
-    old_private = upgrade.private_cluster(old, old.datadir, old.bindir, _sock(plan_, "old-sock"))
     new_private = _new_cluster(ctx, plan_, private=True)
     _require_new_cluster(ctx)
     ctx.state.record("transfer_started", method="dump_restore")
     started = time.monotonic()
-    upgrade.start_private(old_private, host, old_private.host)
+    # The old cluster normally still runs here with logins blocked and no client left (the cutover dumps before
+    # it stops the old one); a run that finds it stopped starts it where no client can reach it.
+    source = old
+    if ctx.state.happened("old_stop_requested"):
+        source = upgrade.private_cluster(old, old.datadir, old.bindir, _sock(plan_, "old-sock"))
+        upgrade.start_private(source, host, source.host)
     try:
         upgrade.start_private(new_private, host, new_private.host)
         dump_dir = f"{work}/dump"
         host.run(["rm", "-rf", "--", dump_dir], user=old.os_user)
-        upgrade.dump_restore(old_private, new_private, host, dump_dir, plan_["databases"], ctx.params["jobs"], new_inst)
+        upgrade.dump_restore(source, new_private, host, dump_dir, plan_["databases"], ctx.params["jobs"], new_inst)
         host.run(["rm", "-rf", "--", dump_dir], user=old.os_user)
     finally:
-        Service(old_private, host).stop("fast")
+        if source is not old:
+            Service(source, host).stop("fast")
         Service(new_private, host).stop("fast")
     ctx.state.record("transfer_done", seconds=round(time.monotonic() - started, 3))
     return {"seconds": time.monotonic() - started}
@@ -733,12 +738,16 @@ def open_to_clients(ctx: RunContext, plan_: dict[str, Any]) -> None:
 def cutover_steps(method: str) -> list[tuple[str, Callable[[RunContext, dict[str, Any]], Any]]]:
     """The outage-critical section, run in one task process so no task hand-off lengthens the outage: every
     step is still journaled (and can be failed on purpose) under its own name."""
-    transfer = ("pg_upgrade", run_pg_upgrade) if method == "pg_upgrade" else ("dump_restore", run_dump_restore)
+    stop: tuple[str, Callable[[RunContext, dict[str, Any]], Any]] = ("stop_old", lambda ctx, _plan: stop_old(ctx))
+    # pg_upgrade needs the old cluster stopped; dump/restore reads it while it still runs (logins blocked, no
+    # client left), which saves a stop and a private start inside the outage
+    transfer = (
+        [stop, ("pg_upgrade", run_pg_upgrade)] if method == "pg_upgrade" else [("dump_restore", run_dump_restore), stop]
+    )
     return [
         ("terminate_clients", terminate_clients),
         ("snapshot_facts", snapshot),
-        ("stop_old", lambda ctx, _plan: stop_old(ctx)),
-        transfer,
+        *transfer,
         ("configure_new", configure_new),
         ("start_new_private", start_new_private),
         ("update_extensions", update_extensions),

@@ -245,8 +245,7 @@ def empty_unused_new(upgrade_state: RunState, old: Cluster, host: Host) -> bool:
 
 
 def bring_back_old(path: str, upgrade_state: RunState, old: Cluster, host: Host) -> None:
-    if path != "old_running":
-        stop_new(upgrade_state, old, host)
+    stop_new(upgrade_state, old, host)  # e.g. a dump/restore into it stopped by a crash while the old one ran
     empty_unused_new(upgrade_state, old, host)
     if path == "restore_pg_control":
         host.run(

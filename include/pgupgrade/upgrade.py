@@ -247,10 +247,10 @@ def dump_restore(
     jobs: int,
     new: Installation,
 ) -> dict[str, Any]:
-    """Globals with psql, then each database with the new pg_dump -Fd -j / pg_restore -j N."""
+    """Globals with psql, then each database with the new pg_dump -Fd -j N -Z 0 / pg_restore -j N."""
     from pgupgrade import backup
 
-    manifest = backup.take(old_private, host, dump_dir, databases, jobs=jobs, bindir=new.bindir)
+    manifest = backup.take(old_private, host, dump_dir, databases, jobs=jobs, bindir=new.bindir, transfer=True)
     backup.restore(new_private, host, manifest, jobs=jobs)
     return manifest
 

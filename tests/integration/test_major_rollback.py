@@ -120,3 +120,19 @@ def test_failure_before_the_stop_leaves_the_new_data_directory_reusable(pool, mo
     monkeypatch.delenv("PGUPGRADE_INJECT_FAILURE")
     assert_rolled_back(old, "pg15_to_pg16_upgrade", dr.run_id, "old_running")
     assert Path(conf["new_datadir"]).is_dir() and not any(Path(conf["new_datadir"]).iterdir())
+
+
+def test_dump_restore_failing_while_the_old_cluster_still_runs(pool, monkeypatch):
+    """dump/restore reads the old cluster while it runs (logins blocked): a failure there leaves it running, the
+    rollback only gives logins back, and stops the half-filled new cluster."""
+    old = pool.new("15.18")
+    conf = upgrade_conf(pool, old, "17", target_major=17, method="dump_restore")
+    new = track_new(pool, old, conf)
+    monkeypatch.setenv("PGUPGRADE_INJECT_FAILURE", "dump_restore")
+    dr, states = run("pg_major_upgrade", conf)
+    assert dr.state == "failed" and states["upgrade.dump_restore"] == "failed", states
+    steps = [e["step"] for e in RunState.for_run(dr.dag_id, dr.run_id, STATE).events() if e["event"] == "step"]
+    assert "stop_old" not in steps and served_version(old) == 15
+    monkeypatch.delenv("PGUPGRADE_INJECT_FAILURE")
+    assert_rolled_back(old, "pg_major_upgrade", dr.run_id, "old_running")
+    assert not Path(new.datadir, "postmaster.pid").exists()
