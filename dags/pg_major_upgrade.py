@@ -23,9 +23,9 @@ copy and dump/restore time with the data size. The plan prints its estimate; the
 1. **plan** — `check_rollback_dag`, `validate_params`, `acquire_lock` (per cluster), `plan` (support matrix,
    blockers, extensions in the new installation, disk space, `pg_upgrade --check` against a throwaway cluster
    that matches the old one, method and outage estimate), `dry_run_gate`.
-2. **prepare** — `backup` (globals + `pg_dump -Fd -j N` per database, verified, checksummed), `rehearsal`,
-   `init_new` (initdb of the new cluster matching the old one, before the outage).
-3. **stop** — `window_guard`, `stop_applications` (admin hook), `notify_outage_start`, `block_logins` (new
+2. **prepare** — `backup` (globals + `pg_dump -Fd -j N` per database, verified, checksummed), `rehearsal`.
+3. **stop** — `window_guard`, `init_new` (initdb of the new cluster matching the old one, before the outage),
+   `stop_applications` (admin hook), `notify_outage_start`, `block_logins` (new
    logins refused; connected clients keep working), sensors `wait_no_clients` (until they leave, at most
    `terminate_after_s`) and `wait_queue_empty`.
 4. **upgrade** — `choose_method` branches to `pg_upgrade` (link | copy | clone | swap) or `dump_restore`. Either
@@ -132,19 +132,19 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 lambda rc: major.rehearsal(rc, _plan(rc)),
                 "Optional: the same upgrade on a scratch copy restored from the backup.",
             )
-            init = step(
-                "init_new",
-                lambda rc: major.init_new(rc, _plan(rc)),
-                "initdb of the new cluster matching the old one (locale, encoding, checksums, WAL segment "
-                "size), before the outage.",
-            )
-            bkp >> rehearse >> init
+            bkp >> rehearse
 
         with TaskGroup("stop") as g_stop:
             window = step(
                 "window_guard",
                 lambda rc: aw.window_guard(rc, _plan(rc)["outage_estimate_s"]),
                 "Refuses to start the outage when the estimate does not fit the window.",
+            )
+            init = step(
+                "init_new",
+                lambda rc: major.init_new(rc, _plan(rc)),
+                "initdb of the new cluster matching the old one (locale, encoding, checksums, WAL segment "
+                "size), before the outage.",
             )
             stop_apps = rt.hook_task("stop_applications", F, spec, "Admin-configured hook (Variable pgupgrade_hooks).")
             alert = step(
@@ -169,7 +169,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 "queue_wait_timeout_s",
                 "The extension's queue is empty.",
             )
-            window >> stop_apps >> alert >> block >> no_clients >> queue
+            window >> init >> stop_apps >> alert >> block >> no_clients >> queue
 
         with TaskGroup("upgrade") as g_upgrade:
 

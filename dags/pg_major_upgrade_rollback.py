@@ -19,8 +19,8 @@ The upgrade run's state directory (journal, plan, facts, backup manifest). Unpau
    - `restore_backup`: link mode after the new cluster started (or unknown), swap mode after the transfer began →
      move the old data directory aside (never deleted), initdb the old major, restore the backup. Refused when
      data changed after the backup unless `accept_data_loss`.
-3. `bring_back_old` or `restore_from_backup`, then `verify_old`: the old version serves with facts equal to the
-   snapshot taken before the stop.
+3. `bring_back_old` or `restore_from_backup` (logins stay blocked), then `verify_old`: the old version serves
+   with facts equal to the snapshot taken before the stop; only then are logins given back.
 4. `report`; `finish` releases the lock — or, when the rollback itself failed, keeps it marked *needs
    attention* so no run touches the cluster until a person has looked.
 
@@ -84,7 +84,7 @@ with ad.rollback_dag(
     back = _step(
         "bring_back_old",
         lambda rc: rollback.bring_back_old(rc.state.load("decision")["path"], _upgrade_state(rc), rc.cluster, rc.host),
-        "Stops the new cluster, restores pg_control if needed, starts the old one, gives logins back.",
+        "Stops the new cluster, restores pg_control if needed, starts the old one (logins still blocked).",
     )
     restore = _step(
         "restore_from_backup",
@@ -100,7 +100,7 @@ with ad.rollback_dag(
     verify = _step(
         "verify_old",
         lambda rc: rollback.verify_old(_upgrade_state(rc), rc.cluster),
-        "The old version serves with facts equal to the snapshot.",
+        "The old version serves with facts equal to the snapshot; then logins are given back.",
         trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
     )
     report = _step(

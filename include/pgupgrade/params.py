@@ -29,7 +29,7 @@ class Field:
     enum: tuple[str, ...] | None = None
     minimum: int | None = None
     maximum: int | None = None
-    kind: str | None = None  # "abs_path" | "conn_id" | "version" | "identifier"
+    kind: str | None = None  # "abs_path" | "conn_id" | "version" | "identifier" | "timestamp"
 
 
 def check_abs_path(name: str, value: str) -> str:
@@ -82,6 +82,15 @@ def _check_one(f: Field, value: Any) -> Any:
         raise ConfigError(f.name, f"is not a version like '15.20' or '0.2.0': {value!r}")
     if f.kind == "identifier" and not _IDENT_RE.match(value):
         raise ConfigError(f.name, f"is not a plain SQL identifier: {value!r}")
+    if f.kind == "timestamp":
+        import datetime as dt
+
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ConfigError(f.name, f"is not an ISO timestamp like 2026-11-29T04:00:00+01:00: {value!r}") from None
+        if parsed.tzinfo is None:
+            raise ConfigError(f.name, f"needs a time zone (e.g. +01:00 or Z): {value!r}")
     return value
 
 
@@ -168,6 +177,7 @@ COMMON = [
         "ISO timestamp (with time zone) by which the outage must be over; the run refuses to start the outage "
         "when the estimate does not fit. Empty: no limit.",
         "Outage",
+        kind="timestamp",
     ),
     Field(
         "verify_content",

@@ -253,9 +253,13 @@ def bring_back_old(path: str, upgrade_state: RunState, old: Cluster, host: Host)
         )
         log.info("renamed global/pg_control.old back to global/pg_control")
     svc = Service(old, host)
+    if svc.is_running() and not svc.accepts_connections():
+        # e.g. the server pg_upgrade started in binary-upgrade mode on its private socket, left running when the
+        # worker was killed mid pg_upgrade
+        log.warning("the old cluster runs but does not answer on its socket: stopping it to start it normally")
+        svc.stop("fast")
     if not svc.is_running():
         svc.start()
-    checks.unblock_logins(old, upgrade_state.load("blocked_roles", []))
 
 
 def restore_from_backup(
@@ -293,7 +297,6 @@ def restore_from_backup(
                 host.run(["cp", "--", f"{aside}/{name}", f"{old.datadir}/{name}"], user=old.os_user, check=False)
     Service(old, host).start()
     backup.restore(old, host, manifest)
-    checks.unblock_logins(old, upgrade_state.load("blocked_roles", []))
     return aside
 
 
@@ -310,12 +313,19 @@ def verify_old(upgrade_state: RunState, old: Cluster) -> dict[str, Any]:
         and versions.Version.from_num(now["server_version_num"]).major != versions.Version.parse(old_version).major
     ):
         raise CheckFailed(f"the old cluster should run {old_version}, it runs {now['server_version']}")
-    if before is None:
-        return {"facts_compared": False, "server_version": now["server_version"]}
-    diffs = facts.compare(before, now, same_extension_versions=True)
-    if diffs:
-        raise CheckFailed("after the rollback the old cluster's facts differ from the snapshot: " + "; ".join(diffs))
-    return {"facts_compared": True, "server_version": now["server_version"], "tables": facts.table_count(now)}
+    compared = before is not None
+    if before is not None:
+        diffs = facts.compare(before, now, same_extension_versions=True)
+        if diffs:
+            raise CheckFailed(
+                "after the rollback the old cluster's facts differ from the snapshot: " + "; ".join(diffs)
+            )
+    # logins only come back once the facts are proven: a client reconnecting earlier would change them
+    checks.unblock_logins(old, upgrade_state.load("blocked_roles", []))
+    out: dict[str, Any] = {"facts_compared": compared, "server_version": now["server_version"]}
+    if before is not None:
+        out["tables"] = facts.table_count(now)
+    return out
 
 
 def write_report(ctx: Any, **extra: Any) -> dict[str, str]:

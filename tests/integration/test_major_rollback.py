@@ -114,7 +114,7 @@ def test_failure_before_the_stop_leaves_the_new_data_directory_reusable(pool, mo
     track_new(pool, old, conf)
     monkeypatch.setenv("PGUPGRADE_INJECT_FAILURE", "stop_old")
     dr, states = run("pg15_to_pg16_upgrade", conf)
-    assert dr.state == "failed" and states["prepare.init_new"] == "success", states
+    assert dr.state == "failed" and states["stop.init_new"] == "success", states
     assert states["upgrade.pg_upgrade"] == "failed", states
     assert Path(conf["new_datadir"], "PG_VERSION").exists()
     monkeypatch.delenv("PGUPGRADE_INJECT_FAILURE")
