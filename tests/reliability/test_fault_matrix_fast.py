@@ -51,7 +51,15 @@ FULL = os.environ.get("PGUPGRADE_RELIABILITY_FULL") == "1"
         # trustworthy, and the probe wrote after the backup: the rollback refuses to lose those rows
         ("inject", "update_extensions", "update_extensions", "refused", "restore_backup"),
         # after the new cluster opened: the probe wrote into it, so the rollback refuses and it keeps serving
-        ("inject", "start_applications", "start_applications", "refused", "restore_backup"),
+        # (PGUPGRADE_RELIABILITY_FULL=1; test_rollback_after_success covers the refusal in CI)
+        pytest.param(
+            "inject",
+            "start_applications",
+            "start_applications",
+            "refused",
+            "restore_backup",
+            marks=pytest.mark.skipif(not FULL, reason="PGUPGRADE_RELIABILITY_FULL=1 runs it"),
+        ),
     ],
 )
 def test_failure_in_each_phase_loses_no_acknowledged_write(pool: Pool, cause, aim, failed_step, verdict, path) -> None:
