@@ -218,7 +218,27 @@ Needs what `include/scripts/install.sh` installs (run it first), plus Debian's `
 installs with apt-get when missing. Run it on an idle machine: other load shows up in every figure.
 """
 
-METHOD = """## Method
+METHOD = """## Design of the outage-critical section (the trade-off)
+
+Measured in session 1 with one task per step: a task hand-off under the real scheduler costs 1-3 s (scheduling
+loop, task process start-up, DAG file parse), and the major upgrade had ten of them between blocking logins and
+letting clients in. So the steps from `terminate_clients` to `open_to_clients` (major: also `snapshot_facts`,
+`stop_old`, the transfer, `configure_new`, `start_new_private`, `update_extensions`, `validate_facts`,
+`health_check`; minor: the same shape with `install`) now run in **one task process**; every step is still
+journaled, timed, reported and fault-injectable under its own name, and the rollback decides from that journal.
+What moved out of the outage: `init_new` (initdb, before it), a `CHECKPOINT` while clients still work (the
+shutdown checkpoint is then short), and `refresh_tviews`, `analyze` (`vacuumdb --analyze-in-stages` is built to
+run with clients connected) and `performance` (after it). Sensors (`wait_no_clients`, `wait_queue_empty`) stay
+tasks: they wait while connected clients still work. The price: the critical steps cannot be cleared one by one in
+the Airflow UI (a cleared cutover task refuses to repeat a transfer — the rollback DAG is the way on), and the
+UI's Gantt chart shows them as one bar (the report lists each step's seconds).
+
+**Not met: parse time.** The eight files take about 2 s together (the 4-DAG major file 0.4-0.7 s): every
+forked parse imports the library again and Airflow builds ~110 operators for the major file, deep-copying the
+DAG's params into each. psycopg2 (whose C extension cost up to 0.25 s per file) is no longer imported at parse
+time. Further cuts would mean fewer DAGs per file or lighter Params; not done.
+
+## Method
 
 - Every scenario starts from an identical copy of one template cluster (PostgreSQL 15.18, seeded like the tests:
   roles, databases `app` and `reporting`, the pg_tviews stand-in with two TVIEWs, plus table `bench_data` filled with
@@ -241,13 +261,16 @@ METHOD = """## Method
 - **Hand-tuned dump/restore** (target cluster initdb'd and started before the timing, as a DBA would):
   globals with `pg_dumpall -g` | `psql`, then per database `pg_dump -Fd -j 2` + `pg_restore -C -j 2`, or
   `pgcopydb clone --table-jobs 2 --index-jobs 2`, or the seed's `pg_dump -f file.sql` + `psql -f`. The DAG's
-  `dump_restore` step includes initdb and starting both clusters privately. Debian's pgcopydb 0.10 fails on this
+  `dump_restore` step starts the new cluster privately (initdb ran before the outage, in `init_new`) and dumps the
+  old cluster while it still runs with logins blocked, uncompressed (`-Z 0`: the dump is restored at once, so
+  compression only costs CPU) and without checksumming it. Debian's pgcopydb 0.10 fails on this
   schema (seen by hand on 2026-11-25: `ERROR: cannot copy to sequence "pg_tviews_queue_id_seq"`, the extension's
   own sequence; its interleaved log is then not valid UTF-8): the best hand-tuned figure is then `pg_dump -Fd`.
 - **pg_upgrade step**: the DAG's own command (`pgupgrade.upgrade.pg_upgrade_argv`, link mode) on a stopped copy;
   relation points add that many empty tables (`max_locks_per_transaction=1024` so pg_dump can lock them all).
-- **Parse time**: in a fresh process that imported Airflow, each file of `dags/` parsed (`DagBag`) in a child
-  forked for it, as the dag-processor does: per-file durations (sum = the figure with the target), and the whole
+- **Parse time**: in a fresh process that imported Airflow (and froze the garbage collector, as the
+  dag-processor's manager does), each file of `dags/` parsed (`DagBag`) in a child forked for it: per-file
+  durations (sum = the figure with the target), and the whole
   process's wall time (cold: interpreter start and Airflow import included). **Peak RSS**: the largest VmHWM of the
   Python processes below the scheduler, sampled every 0.3 s during the link upgrade — in practice a task process
   (`airflow worker -- <task instance id>`).
