@@ -229,7 +229,7 @@ def stop_new(upgrade_state: RunState, old: Cluster, host: Host) -> None:
 
 def empty_unused_new(upgrade_state: RunState, old: Cluster, host: Host) -> bool:
     """The new data directory holds only initdb's output when no transfer began: emptied (the directory itself
-    stays, it may be a mount point) so that a new run can use it."""
+    stays, it may be a mount point) so that a new run can use it. The caller has stopped the new cluster."""
     plan = upgrade_state.load("plan") or {}
     made = upgrade_state.first("new_initdb")
     if (
@@ -238,7 +238,6 @@ def empty_unused_new(upgrade_state: RunState, old: Cluster, host: Host) -> bool:
         or made.get("datadir") != plan.get("new", {}).get("datadir")
     ):
         return False
-    stop_new(upgrade_state, old, host)
     host.run(["find", made["datadir"], "-mindepth", "1", "-delete"], user=old.os_user)
     log.info("emptied %s: initdb's output only, no transfer began", made["datadir"])
     return True

@@ -4,17 +4,15 @@ a manual run the scheduled-run dispatch does nothing."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from test_minor_upgrade import minor_conf
 
 from pgupgrade import minor
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState, state_root
 
 from airflow_helpers import run
-from conftest import register_connection
-from pgharness import Pool, installation
+from pgharness import Pool
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 
@@ -25,14 +23,7 @@ def test_minor_upgrade_of_a_cluster_already_at_the_target_ends_green_untouched(
     cluster = pool.new("15.20", "already_1520", seed=False)
     with connect(cluster) as conn:
         started = scalar(conn, "SELECT pg_postmaster_start_time()")
-    conf = {
-        "postgres_conn_id": register_connection(cluster),
-        "installer": "bindir",
-        "target_version": "15.20",
-        "new_bindir": installation("15.20").bindir,
-        "backup_dir": str(Path(cluster.datadir).parent / "backup"),
-        "min_free_gb": 1,
-    }
+    conf = minor_conf(cluster)
     dr, states = run(minor.DAG_ID, conf)
     assert dr.state == "success", states
     assert states["manual_only"] == "success" and states["trigger_cluster_runs"] == "skipped", states
