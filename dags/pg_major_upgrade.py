@@ -12,6 +12,8 @@ rollback decides from facts on disk.
 - The Airflow postgres connection of the cluster (`postgres_conn_id`) with `extra` = `pg_bindir`, `pg_datadir`,
   `os_user`, `service`, optional `pg_confdir`, `ssh_conn_id`.
 - Free space for the backup and (copy / dump-restore) a second copy of the data; checked by the plan.
+- Link and swap mode: `wal_level` replica or logical, a free WAL sender and replication slot, and a replication
+  connection allowed for the connection's user (the base backup below); checked by the plan.
 - The rollback DAG `pg_major_upgrade_rollback` unpaused (checked first).
 
 ## Impact
@@ -23,7 +25,11 @@ copy and dump/restore time with the data size. The plan prints its estimate; the
 1. **plan** — `check_rollback_dag`, `validate_params`, `acquire_lock` (per cluster), `plan` (support matrix,
    blockers, extensions in the new installation, disk space, `pg_upgrade --check` against a throwaway cluster
    that matches the old one, method and outage estimate), `dry_run_gate`.
-2. **prepare** — `backup` (globals + `pg_dump -Fd -j N` per database, verified, checksummed), `rehearsal`.
+2. **prepare** — `backup` (globals + `pg_dump -Fd -j N` per database, verified, checksummed; in link and swap
+   mode also a base backup, `pg_basebackup -X stream`, checked with `pg_verifybackup`, which creates the
+   replication slot `pgupgrade_rollback_wal` so the old cluster keeps its WAL from then on: once the new
+   cluster has started, the rollback rebuilds the old one from that backup plus that WAL, every write up to the
+   stop included), `rehearsal`.
 3. **stop** — `window_guard`, `init_new` (initdb of the new cluster matching the old one, before the outage),
    `stop_applications` (admin hook), `notify_outage_start`, `block_logins` (new
    logins refused; connected clients keep working), sensors `wait_no_clients` (until they leave, at most
@@ -125,7 +131,8 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
             bkp = step(
                 "backup",
                 lambda rc: major.take_backup(rc, _plan(rc)),
-                "Globals + pg_dump -Fd -j N per database, verified with pg_restore -l, checksummed.",
+                "Globals + pg_dump -Fd -j N per database, verified with pg_restore -l, checksummed; link/swap: "
+                "also a base backup whose replication slot keeps the old cluster's WAL (the way back).",
             )
             rehearse = step(
                 "rehearsal",

@@ -17,10 +17,15 @@ The upgrade run's state directory (journal, plan, facts, backup manifest). Unpau
    - `restore_pg_control`: link mode, `pg_control.old` present, the new cluster never started → rename it back,
      start the old one;
    - `restore_backup`: link mode after the new cluster started (or unknown), swap mode after the transfer began →
-     move the old data directory aside (never deleted), initdb the old major, restore the backup. Refused when
-     data changed after the backup unless `accept_data_loss`.
+     move the old data directory aside (never deleted) and rebuild it: from the run's base backup plus the WAL
+     segments the old data directory kept from the backup's start on (its replication slot), started privately
+     first — crash recovery must replay past the old cluster's shutdown checkpoint (LSN recorded at `stop_old`),
+     so every write up to the stop is back; without that WAL (e.g. the old directory deleted), initdb the old
+     major and restore the logical backup, refused when data changed after it unless `accept_data_loss`.
+     Refused too, whatever the way, when clients wrote into the opened new cluster, unless `accept_data_loss`.
 3. `bring_back_old` or `restore_from_backup` (logins stay blocked), then `verify_old`: the old version serves
-   with facts equal to the snapshot taken before the stop; only then are logins given back.
+   with facts equal to the snapshot taken before the stop; the WAL-keeping slot is dropped; only then are
+   logins given back.
 4. `report`; `finish` releases the lock — or, when the rollback itself failed, keeps it marked *needs
    attention* so no run touches the cluster until a person has looked.
 
@@ -95,7 +100,7 @@ with ad.rollback_dag(
             accept_data_loss=rc.params["accept_data_loss"],
             opened_changes=rc.state.load("decision").get("opened_changes"),
         ),
-        "Old data directory moved aside, old major initdb'd, backup restored.",
+        "Old data directory moved aside; rebuilt from the base backup + its WAL, or initdb + logical backup.",
     )
     verify = _step(
         "verify_old",

@@ -1,4 +1,5 @@
-"""Logical backups: globals + one directory-format dump per database, verified and checksummed; restore."""
+"""Backups. Logical: globals + one directory-format dump per database, verified and checksummed; restore.
+Physical (link and swap mode's way back): a base backup that keeps the cluster's WAL from its start on."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from pgupgrade.state import now_iso, safe_name
 
 log = logging.getLogger(__name__)
 GLOBALS = "globals.sql"
+# The physical replication slot a base backup creates so the cluster keeps every WAL segment written after it
+# (one name: the cluster lock allows one run per cluster; the rollback or the next backup drops it).
+ROLLBACK_SLOT = "pgupgrade_rollback_wal"
+_LABEL_RE = re.compile(r"^START WAL LOCATION: (?P<lsn>[0-9A-F]+/[0-9A-F]+) \(file (?P<file>[0-9A-F]{24})\)$", re.M)
 
 
 def _files(host: Host, root: str, user: str) -> dict[str, dict[str, Any]]:
@@ -133,6 +138,62 @@ def restore(cluster: Cluster, host: Host, manifest: dict[str, Any], *, jobs: int
             argv += ["-C", "-d", "postgres"]
         host.run([*argv, meta["dir"]], user=user, env=cluster.libpq_env("postgres"), timeout=24 * 3600)
     log.info("restored %d databases from %s", len(manifest["databases"]), manifest["backup_dir"])
+
+
+def base_requirements(cluster: Cluster) -> list[str]:
+    """Why a base backup with a replication slot cannot be taken of this cluster (empty: it can)."""
+    from pgupgrade.sql import connect, fetch_named
+
+    with connect(cluster) as conn:
+        s = fetch_named(conn, "wal-settings")[0]
+    why = []
+    if s["wal_level"] == "minimal":
+        why.append("wal_level is minimal (needs replica)")
+    if s["max_wal_senders"] < 1:
+        why.append("max_wal_senders is 0")
+    if s["max_replication_slots"] <= s["slots_used"]:
+        why.append(f"all {s['max_replication_slots']} max_replication_slots are in use")
+    return why
+
+
+def drop_slot(cluster: Cluster, slot: str = ROLLBACK_SLOT) -> bool:
+    """Drops the slot if the (running) cluster has it; whether it did."""
+    from pgupgrade.sql import connect, fetch_named
+
+    with connect(cluster) as conn:
+        dropped = bool(fetch_named(conn, "drop-replication-slot", {"slot": slot}))
+    if dropped:
+        log.info("dropped replication slot %s", slot)
+    return dropped
+
+
+def take_base(cluster: Cluster, host: Host, dest: str, *, slot: str = ROLLBACK_SLOT) -> dict[str, Any]:
+    """``pg_basebackup`` (plain format, WAL streamed, fast checkpoint) into dest, which creates the physical
+    replication slot ``slot`` at its start: from then on the cluster keeps every WAL segment, so this backup
+    plus the cluster's pg_wal rebuild it as it was when it last stopped. Checked with ``pg_verifybackup``.
+    The slot is dropped again when the backup fails; a leftover of an earlier run is dropped first."""
+    user = cluster.os_user
+    drop_slot(cluster, slot)
+    argv = [cluster.bin("pg_basebackup"), "-D", dest, "-X", "stream", "-c", "fast", "-C", "-S", slot]
+    try:
+        host.run(argv, user=user, env=cluster.libpq_env(), timeout=24 * 3600)
+    except CommandError as exc:
+        from pgupgrade.sql import psycopg2
+
+        try:
+            drop_slot(cluster, slot)
+        except psycopg2.Error as drop_exc:  # the cluster itself may be what failed
+            log.warning("could not drop replication slot %s: %s", slot, drop_exc)
+        raise CheckFailed(
+            f"the base backup link mode needs to come back failed ({exc}); allow a replication connection for "
+            f"{cluster.user} in pg_hba.conf, or use transfer_mode=copy"
+        ) from exc
+    host.run([cluster.bin("pg_verifybackup"), "-q", dest], user=user, timeout=24 * 3600)
+    label = _LABEL_RE.search(host.run(["cat", "--", f"{dest}/backup_label"], user=user).stdout)
+    if not label:
+        raise CheckFailed(f"{dest}/backup_label names no START WAL LOCATION")
+    size = host.run(["du", "-sb", "--", dest], user=user).stdout.split()[0]
+    return {"dir": dest, "slot": slot, "start_lsn": label["lsn"], "start_wal_file": label["file"], "bytes": int(size)}
 
 
 def default_dir(root: Path, cluster_name: str, run_id: str) -> str:

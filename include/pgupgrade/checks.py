@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pgupgrade.backup import ROLLBACK_SLOT
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
 from pgupgrade.profiles import ExtensionProfile
@@ -43,6 +44,8 @@ def upgrade_blockers(cluster: Cluster, old_major: int, databases: list[str]) -> 
                 )
             )
         for s in fetch_named(conn, "replication-slots"):
+            if s["slot_name"] == ROLLBACK_SLOT:
+                continue  # this tool's own: a link-mode backup keeps the old cluster's WAL with it
             lost = s["slot_type"] == "physical" or old_major < 17
             if lost:
                 out.append(

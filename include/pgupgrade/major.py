@@ -251,6 +251,15 @@ def plan(ctx: RunContext) -> dict[str, Any]:
     mode = p["transfer_mode"] if method == "pg_upgrade" else None
     backup_dir = p["backup_dir"] or backup.default_dir(ctx.state.root, old.name, ctx.run_id)
     need_backup = int(data_bytes * 1.1)
+    if method == "pg_upgrade" and mode in ("link", "swap"):
+        missing = backup.base_requirements(old)
+        if missing:
+            raise PlanError(
+                f"{mode} mode's way back needs a base backup with a replication slot, but "
+                + "; ".join(missing)
+                + ": fix that or use transfer_mode=copy"
+            )
+        need_backup += data_bytes  # the base backup next to the logical one
     need_new = data_bytes if method == "dump_restore" or mode == "copy" else 64 * 2**20 * max(len(dbs), 1)
     if method == "dump_restore":
         need_new += data_bytes  # the dump directory next to the new cluster
@@ -404,8 +413,18 @@ def take_backup(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
         return manifest
     manifest = backup.take(old, ctx.host, plan_["backup_dir"], plan_["databases"], jobs=ctx.params["jobs"])
     manifest["facts"] = facts.snapshot(old)
+    if needs_base(plan_):
+        # link/swap: once the new cluster starts the old files are gone; this base backup plus the old data
+        # directory's WAL (kept by the slot) rebuild the old cluster as it stopped, every write included
+        ctx.state.record("wal_slot_created", slot=backup.ROLLBACK_SLOT)
+        manifest["base"] = backup.take_base(old, ctx.host, f"{plan_['backup_dir']}/base")
     ctx.state.save("backup", manifest)
     return manifest
+
+
+def needs_base(plan_: dict[str, Any]) -> bool:
+    """Whether the run's way back needs a physical base backup: pg_upgrade in link or swap mode."""
+    return plan_.get("method") == "pg_upgrade" and plan_.get("transfer_mode") in ("link", "swap")
 
 
 # -- stop -----------------------------------------------------------------------------------------------
@@ -504,9 +523,11 @@ def snapshot(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
 
 
 def stop_old(ctx: RunContext) -> None:
+    """Stops the old cluster and records its shutdown checkpoint's LSN: a rollback that rebuilds it from the
+    base backup and its WAL proves it replayed at least that far."""
     ctx.state.record("old_stop_requested")
     Service(ctx.cluster, ctx.host).stop("fast")
-    ctx.state.record("old_stopped")
+    ctx.state.record("old_stopped", checkpoint_lsn=upgrade.checkpoint_lsn(ctx.cluster, ctx.host))
 
 
 # -- upgrade --------------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ Paths:
   rename it back, start the old one.
 - ``restore_backup``: link mode after the new cluster started (or unknown), or swap mode after the transfer
   began: the old files are no longer trustworthy; the old data directory is moved aside (never deleted) and
-  the backup is restored into a fresh cluster of the old major. Refused when data changed after the backup
-  or clients wrote to the new cluster, unless ``accept_data_loss``.
+  the old cluster is rebuilt: from the run's base backup plus the WAL the old data directory kept from the
+  backup's start to its stop (every write included, proven by the replayed LSN), else from the logical backup
+  into a fresh cluster of the old major. Refused when that would lose data — the logical backup predates
+  writes, or clients wrote to the new cluster — unless ``accept_data_loss``.
 
 After the new cluster opened to clients every path discards what they wrote since: the refusal states how many
 bytes of WAL the new cluster has written since it opened, and with ``accept_data_loss`` the report records them.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -103,9 +106,12 @@ def assess(upgrade_state: RunState, old: Cluster, host: Host) -> tuple[str, str]
     return "restore_backup", why
 
 
-def data_loss_risks(upgrade_state: RunState, opened_changes: list[str] | None = None) -> list[str]:
+def data_loss_risks(
+    upgrade_state: RunState, opened_changes: list[str] | None = None, *, bridged: bool = False
+) -> list[str]:
     """What going back would lose. ``opened_changes``: the differences between the new cluster now and its facts
-    when it opened (None: not measured, so any client write is assumed)."""
+    when it opened (None: not measured, so any client write is assumed). ``bridged``: the old cluster's WAL
+    from the backup to its stop is at hand, so writes made after the backup are not lost."""
     risks = []
     if upgrade_state.happened("opened"):
         if opened_changes is None:
@@ -116,7 +122,7 @@ def data_loss_risks(upgrade_state: RunState, opened_changes: list[str] | None = 
     before = upgrade_state.load("facts_before")
     if manifest is None:
         risks.append("the upgrade run has no backup on record")
-    elif before is not None:
+    elif before is not None and not bridged:
         diffs = facts.compare(manifest["facts"], before)
         if diffs:
             risks.append("data changed between the backup and the stop: " + "; ".join(diffs[:5]))
@@ -261,6 +267,61 @@ def bring_back_old(path: str, upgrade_state: RunState, old: Cluster, host: Host)
         svc.start()
 
 
+_WAL_FILE_RE = re.compile(r"[0-9A-F]{24}|[0-9A-F]{8}\.history")
+
+
+def wal_bridge(upgrade_state: RunState, datadir: str, host: Host) -> dict[str, Any] | None:
+    """The base backup and the old cluster's WAL from the backup's start to its stop, when the run took one
+    and ``datadir`` (the old data directory, or where it was moved aside) still holds the backup's first WAL
+    segment (the slot kept every later one). None otherwise."""
+    base = (upgrade_state.load("backup") or {}).get("base")
+    stopped = upgrade_state.first("old_stopped") or {}
+    if not base or not stopped.get("checkpoint_lsn"):
+        return None
+    if host.run(["test", "-f", f"{datadir}/pg_wal/{base['start_wal_file']}"], check=False).exit_code != 0:
+        log.warning("%s/pg_wal no longer holds %s: the base backup alone would miss writes", datadir,
+                    base["start_wal_file"])  # fmt: skip
+        return None
+    return {"base": base, "until_lsn": stopped["checkpoint_lsn"]}
+
+
+def restore_base(old: Cluster, host: Host, bridge: dict[str, Any], aside: str) -> dict[str, Any]:
+    """Rebuilds the old data directory from the base backup plus the WAL segments the old cluster wrote from the
+    backup's start on (copied from the directory moved aside; the backup itself is never changed), then starts
+    it where no client reaches it: crash recovery replays to the end of that WAL, which must reach the old
+    cluster's shutdown checkpoint. Stopped again; the caller starts it normally."""
+    base, user = bridge["base"], old.os_user
+    host.run(["rm", "-rf", "--", old.datadir], user=user)  # an earlier attempt of this rollback (the old one is aside)
+    host.run(["cp", "-a", "--", base["dir"], old.datadir], user=user)
+    host.run(["rm", "-f", "--", f"{old.datadir}/backup_manifest"], user=user)
+    names = host.run(["ls", "--", f"{aside}/pg_wal"], user=user).stdout.split()
+    wal = sorted(
+        n for n in names if _WAL_FILE_RE.fullmatch(n) and (n.endswith(".history") or n >= base["start_wal_file"])
+    )
+    for i in range(0, len(wal), 200):
+        host.run(["cp", "-t", f"{old.datadir}/pg_wal", "--", *(f"{aside}/pg_wal/{n}" for n in wal[i : i + 200])],
+                 user=user, timeout=3600)  # fmt: skip
+    if not old.confdir:
+        for name in ("postgresql.conf", "pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf"):
+            host.run(["cp", "--", f"{aside}/{name}", f"{old.datadir}/{name}"], user=user, check=False)
+    sock = upgrade.socket_path(f"{old.datadir}/rollback")
+    private = replace(old, host=sock, service="pg_ctl")
+    upgrade.start_private(private, host, sock)
+    try:
+        with connect(private) as conn:
+            reached = fetch_named(conn, "wal-since", {"since": bridge["until_lsn"]})[0]
+    finally:
+        Service(private, host).stop("fast")
+    if int(reached["bytes"]) < 0:
+        raise CheckFailed(
+            f"the rebuilt old cluster's WAL ends at {reached['lsn']}, before the old cluster's shutdown checkpoint "
+            f"{bridge['until_lsn']}: WAL is missing; it stays stopped (the old data directory is at {aside})"
+        )
+    log.info("old cluster rebuilt from %s and %d WAL files; replay reached %s (stopped at %s)", base["dir"],
+             len(wal), reached["lsn"], bridge["until_lsn"])  # fmt: skip
+    return {"wal_files": len(wal), "replayed_to": reached["lsn"], "stopped_at": bridge["until_lsn"]}
+
+
 def restore_from_backup(
     upgrade_state: RunState,
     old: Cluster,
@@ -269,7 +330,9 @@ def restore_from_backup(
     accept_data_loss: bool,
     opened_changes: list[str] | None = None,
 ) -> str:
-    risks = data_loss_risks(upgrade_state, opened_changes)
+    moved = upgrade_state.first("old_moved_aside")
+    bridge = wal_bridge(upgrade_state, moved["to"] if moved else old.datadir, host)
+    risks = data_loss_risks(upgrade_state, opened_changes, bridged=bridge is not None)
     manifest = upgrade_state.load("backup")
     if manifest is None:
         raise UnsafeState(
@@ -287,6 +350,10 @@ def restore_from_backup(
         host.run(["mv", "--", old.datadir, aside], user=old.os_user)
     else:
         aside = (upgrade_state.first("old_moved_aside") or {})["to"]
+    if bridge is not None:
+        upgrade_state.record("old_rebuilt", **restore_base(old, host, bridge, aside))
+        Service(old, host).start()
+        return aside
     inst = versions.inspect(old.bindir, host)
     if host.run(["test", "-e", f"{old.datadir}/PG_VERSION"], check=False).exit_code != 0:
         host.run(["rm", "-rf", "--", old.datadir], user=old.os_user)  # a half-done initdb of this rollback
@@ -319,6 +386,8 @@ def verify_old(upgrade_state: RunState, old: Cluster) -> dict[str, Any]:
             raise CheckFailed(
                 "after the rollback the old cluster's facts differ from the snapshot: " + "; ".join(diffs)
             )
+    if upgrade_state.happened("wal_slot_created"):
+        backup.drop_slot(old)  # it would keep WAL forever now that the old cluster serves again
     # logins only come back once the facts are proven: a client reconnecting earlier would change them
     checks.unblock_logins(old, upgrade_state.load("blocked_roles", []))
     out: dict[str, Any] = {"facts_compared": compared, "server_version": now["server_version"]}

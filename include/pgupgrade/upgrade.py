@@ -12,7 +12,7 @@ from typing import Any
 
 from pgupgrade.cluster import Cluster, Service
 from pgupgrade.commands import Host, Result
-from pgupgrade.errors import UnsafeState
+from pgupgrade.errors import CheckFailed, UnsafeState
 from pgupgrade.scratch import InitdbOptions, initdb
 from pgupgrade.sql import connect, scalar
 from pgupgrade.versions import Installation
@@ -253,6 +253,15 @@ def dump_restore(
     manifest = backup.take(old_private, host, dump_dir, databases, jobs=jobs, bindir=new.bindir, transfer=True)
     backup.restore(new_private, host, manifest, jobs=jobs)
     return manifest
+
+
+def checkpoint_lsn(cluster: Cluster, host: Host) -> str:
+    """The stopped cluster's latest checkpoint location (pg_controldata)."""
+    out = host.run([cluster.bin("pg_controldata"), "-D", cluster.datadir], user=cluster.os_user).stdout
+    for line in out.splitlines():
+        if line.startswith("Latest checkpoint location:"):
+            return line.split(":", 1)[1].strip()
+    raise CheckFailed(f"pg_controldata of {cluster.datadir} names no latest checkpoint location")
 
 
 def pg_control_state(host: Host, datadir: str, user: str) -> dict[str, bool]:

@@ -248,8 +248,9 @@ class Outcome:
     lost: int
     facts_equal: bool | None
     seconds: float
-    verdict: str  # ok | refused (the rollback refused to lose data; nothing lost) | FAIL
+    verdict: str  # ok | kept new (validated new version serves; going back refused) | refused (nothing serves) | FAIL
     note: str = ""
+    cluster: Cluster | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -257,7 +258,7 @@ class Outcome:
 
     def row(self) -> str:
         facts = {True: "yes", False: "**no**", None: "—"}[self.facts_equal]
-        verdict = {"ok": "ok", "refused": "refused"}.get(self.verdict, "**FAIL**")
+        verdict = {"ok": "ok", "kept new": "kept new", "refused": "refused"}.get(self.verdict, "**FAIL**")
         return (
             f"| {self.family} | {self.step} | {self.cause} | {self.upgrade} | {self.rollback_path} | {self.rollback} | "
             f"{self.serves} | {'n/a' if self.lost < 0 else self.lost} | {facts} | {self.seconds:.0f} | {verdict} | "
@@ -393,6 +394,10 @@ def run_case(pool: Pool, family: Family, cause: str, step: str | None = None) ->
                 named = report_of(state_root(), family.rollback_dag_id, rb.run_id).get("rollback_path")
             would = re.search(r"path would be (\w+)", refusal)  # refused before deciding: the path it names
             rb_path = str(decision.get("path") or (would.group(1) if would else "none decided"))
+            rebuilt = ustate.first("old_rebuilt")  # the rollback journals it with the run it undoes
+            if rebuilt:
+                case.note += (f"; rebuilt from the base backup + {rebuilt['wal_files']} WAL files, replayed to "
+                              f"{rebuilt['replayed_to']} (stopped at {rebuilt['stopped_at']})")  # fmt: skip
             if named != decision.get("path"):
                 case.note += f"; the report names path {named!r}"
             if refusal:
@@ -414,6 +419,10 @@ def run_case(pool: Pool, family: Family, cause: str, step: str | None = None) ->
         equal = not diffs
         if diffs:
             case.note += "; facts: " + "; ".join(diffs[:2])
+        left = slots(cluster)
+        if left:  # a slot left on a serving cluster keeps its WAL forever
+            equal = False
+            case.note += f"; replication slots left: {', '.join(left)}"
     except Exception as exc:
         case.note += f"; cluster not answering: {str(exc).strip().splitlines()[-1][-80:]}"
     serving_ok = serves == family.old_served or (
@@ -421,14 +430,21 @@ def run_case(pool: Pool, family: Family, cause: str, step: str | None = None) ->
     )
     if lost == 0 and equal and serving_ok and rb_state in ("—", "success"):
         verdict = "ok"
+    elif lost == 0 and equal and serving_ok and serves == family.new_served and "UnsafeState" in refusal:
+        verdict = "kept new"  # validated, opened, written to: going back would discard those writes
     elif lost in (0, -1) and rb_state == "failed" and "UnsafeState" in refusal:
         verdict = "refused"  # the rollback refused to lose data: nothing lost, the lock marks the cluster
     else:
         verdict = "FAIL"
     return Outcome(
         family.name, cause, failed_step, up_state, rb_path, rb_state, serves, lost, equal,
-        time.monotonic() - started, verdict, case.note.strip("; "),
+        time.monotonic() - started, verdict, case.note.strip("; "), cluster,
     )  # fmt: skip
+
+
+def slots(cluster: Cluster) -> list[str]:
+    with connect(cluster) as conn:
+        return [r[0] for r in pgsql.fetch(conn, "SELECT slot_name FROM pg_replication_slots ORDER BY 1")]
 
 
 def _validated_and_opened(family: Family, run_id: str | None) -> bool:
@@ -656,9 +672,10 @@ def write_table(outcomes: list[Outcome], path: Path, seconds: float, header_note
     head = doc.split(marker)[0] if marker in doc else doc
     bad = [o for o in outcomes if o.verdict == "FAIL"]
     refused = [o for o in outcomes if o.verdict == "refused"]
+    kept = [o for o in outcomes if o.verdict == "kept new"]
     body = (
         f"{marker}\n## Last full run\n\n{header_note}\n\n{len(outcomes)} cases in {seconds / 60:.1f} min, "
-        f"{len(outcomes) - len(bad) - len(refused)} ok, {len(refused)} refused, "
+        f"{len(outcomes) - len(bad) - len(refused) - len(kept)} ok, {len(kept)} kept new, {len(refused)} refused, "
         f"{len(bad)} FAIL.\n\n{HEADER}\n" + "\n".join(o.row() for o in outcomes) + "\n"
     )
     path.write_text(head.rstrip() + "\n\n" + body if head.strip() else body)
