@@ -14,8 +14,9 @@ Unpaused on creation.
 2. `assess` — per database, from the upgrade run's journal and the catalog, logged with its reason:
    - the update never started, or its transaction never committed (the extension is still at the old version):
      only the triggers come back;
-   - the update committed: restore from the backup. Refused (nothing done) when tables changed after the backup
-     (row counts, checksums with `verify_content`, write statistics), unless `accept_data_loss`.
+   - the update committed: restore from the backup — unless tables changed after the backup (row counts,
+     checksums with `verify_content`, write statistics) and `accept_data_loss` is not set: then path
+     `keep_new`, nothing is restored, the new version stays (step 6).
    - the upgrade run stopped in its plan: nothing to do.
 3. `put_back_files` — FIRST the old version's files (copy/command: the admin configuration recorded in the plan,
    run for the old version; installed: nothing to do); then, for every database to restore, the control file's
@@ -25,7 +26,10 @@ Unpaused on creation.
 5. `restore_triggers` — exactly the triggers the run disabled get their previous mode back; triggers that were
    disabled before the run stay disabled.
 6. `verify` — every database on its old version, triggers as before; restored ones with the backup's row
-   counts and exactly the metadata rows documented before the update.
+   counts and exactly the metadata rows documented before the update. Path `keep_new`: the kept version is
+   checked as the update run checks it (version, new columns and functions, metadata rows, the validate
+   function) with its triggers back, and the run fails all the same with the refusal and the verdict on the
+   kept version, so the lock waits for a person (`accept_data_loss=true` restores and loses the later writes).
 7. `report`; `finish` releases the lock — or, when the rollback failed, keeps it marked *needs attention* so that
    no run touches the cluster until a person has looked.
 

@@ -19,8 +19,8 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, NoReturn
 
 from pgupgrade import backup, checks, facts, rollback, versions
 from pgupgrade.cluster import Cluster
@@ -1178,19 +1178,27 @@ def assess(ctx: RunContext) -> dict[str, Any]:
     ]
     source = Source.from_dict(plan_["source"])
     put_back = source.kind != "installed" and up.happened("extension_files_installing")
+    why = "; ".join(f"{db}: {w}" for db, w in per_db.items()) or "no database was touched"
     if restore:
         manifest = up.load("backup")
         if manifest is None:
             raise UnsafeState(f"{', '.join(restore)} need a restore but the upgrade run has no backup on record")
         risks = data_loss_risks(ctx.cluster, manifest, restore)
         if risks and not ctx.params["accept_data_loss"]:
-            raise UnsafeState(
-                "a restore would undo changes made after the backup: "
+            # no restore: the committed update stays, its triggers come back and verify checks the new version
+            return {
+                "path": "keep_new",
+                "why": why,
+                "refused": "a restore would undo changes made after the backup: "
                 + "; ".join(risks[:10])
-                + " (set accept_data_loss=true to restore anyway)"
-            )
+                + " (set accept_data_loss=true to restore anyway)",
+                "kept": restore,
+                "restore": [],
+                "triggers": triggers,
+                "put_back_files": False,
+                "databases": per_db,
+            }
     path = "restore" if restore else ("triggers_only" if triggers or put_back else "nothing")
-    why = "; ".join(f"{db}: {w}" for db, w in per_db.items()) or "no database was touched"
     return {
         "path": path,
         "why": why,
@@ -1199,6 +1207,34 @@ def assess(ctx: RunContext) -> dict[str, Any]:
         "put_back_files": put_back,
         "databases": per_db,
     }
+
+
+def verify_kept_new(ctx: RunContext, decision: dict[str, Any]) -> NoReturn:
+    """The restore was refused (it would lose later writes): the databases whose update committed keep the new
+    version, checked as the update run checks it (version, columns, functions, metadata rows, the validate
+    function; restore_triggers has put the triggers back). Then the refusal is raised all the same, so the run
+    fails and the lock waits for a person (``accept_data_loss``), saying whether the kept version passed."""
+    up = upgrade_state(ctx)
+    plan_ = dict(up.load("plan") or {})
+    plan_["databases"] = decision["kept"]
+    as_run = replace(ctx, state=up)
+    errors: list[str] = []
+    try:
+        verify_extension(as_run, plan_)
+        validate_tviews(as_run, plan_)
+    except CheckFailed as exc:
+        errors.append(str(exc))
+    target = plan_.get("target_version")
+    if errors:
+        raise UnsafeState(
+            f"{decision['refused']}; {ctx.profile.extname} {target} kept in {', '.join(decision['kept'])}, and "
+            "it does NOT pass the checks: " + "; ".join(errors)
+        )
+    ctx.state.record("kept_new_verified", databases=decision["kept"], version=target)
+    raise UnsafeState(
+        f"{decision['refused']}; {ctx.profile.extname} {target} kept in {', '.join(decision['kept'])}: it passes "
+        "the update's checks (version, columns, functions, metadata rows, validate) with its triggers back"
+    )
 
 
 def put_back_files(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
@@ -1261,6 +1297,8 @@ def verify_rolled_back(ctx: RunContext, decision: dict[str, Any]) -> dict[str, A
     plan_ = up.load("plan") or {}
     if decision["path"] == "nothing":
         return {"checked": "nothing was changed"}
+    if decision["path"] == "keep_new":
+        verify_kept_new(ctx, decision)
     saved = up.load("triggers_before") or {}
     before = up.load("state_before") or {}
     manifest = up.load("backup")

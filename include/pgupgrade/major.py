@@ -63,7 +63,8 @@ FIELDS: list[Field] = [
         "string",
         "link",
         "pg_upgrade transfer mode",
-        "link (fast, old cluster unusable once the new one started), copy, clone, swap (PostgreSQL 18+).",
+        "link (fast; once the new cluster started, the way back is a base backup plus the old cluster's WAL), "
+        "copy, clone, swap (PostgreSQL 18+; like link).",
         "Method",
         enum=upgrade.TRANSFER_MODES,
     ),
@@ -877,6 +878,11 @@ def write_report(ctx: RunContext, status: str, extra: dict[str, Any] | None = No
             + json.dumps(new_connection_extra(ctx, plan_), sort_keys=True)
             + "; delete the old cluster with pg_major_upgrade_cleanup after verifying the new one"
         )
+        if ctx.state.happened("wal_slot_created"):
+            more["next_steps"] += (
+                f" (until then its data directory keeps the WAL of the way back: replication slot "
+                f"{backup.ROLLBACK_SLOT}; drop it if you ever start the old cluster by hand)"
+            )
     rep = report.build(ctx.state, status=status, extra=more)
     json_path, md_path = report.write(ctx.state, rep)
     log.info("report: %s", md_path)

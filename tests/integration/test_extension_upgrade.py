@@ -265,28 +265,36 @@ def test_minor_update_0_1_5_to_0_1_6_by_command(pool: Pool, tmp_path: Path, monk
     assert not lock_file(c).exists()
 
 
-def test_late_failure_restores_only_when_no_write_is_lost(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failure after every update committed and the triggers came back (PGUPGRADE_INJECT_FAILURE). A client
-    wrote after the backup: the automatic rollback refuses to restore (nothing touched, lock kept as needs
-    attention); the operator clears the lock and re-runs it with accept_data_loss: the backup is restored (the
-    dump's CREATE EXTENSION creates 0.1.5 again) and the database is exactly as before the run."""
+def test_late_failure_keeps_the_new_version_unless_data_loss_is_accepted(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after every update committed, before the triggers came back (PGUPGRADE_INJECT_FAILURE). A client
+    wrote after the backup: the automatic rollback does not restore (path keep_new): it gives the triggers back,
+    checks 0.2.0 as the update run does, and fails all the same saying so (lock kept as needs attention); the
+    operator clears the lock and re-runs it with accept_data_loss: the backup is restored (the dump's CREATE
+    EXTENSION creates 0.1.5 again) and the database is exactly as before the run."""
     c = pool.new("18")
     before = db_state(c, APP_DB)
-    monkeypatch.setenv("PGUPGRADE_INJECT_FAILURE", "final_checklist")
+    monkeypatch.setenv("PGUPGRADE_INJECT_FAILURE", "enable_triggers")
     conf = ext_conf(c)
     dr, states = run(MIGRATION, conf)
-    assert dr.state == "failed" and states["wrapup.final_checklist"] == "failed", states
-    assert states["reenable.validate_tviews"] == "success" and states["trigger_rollback"] == "success", states
+    assert dr.state == "failed" and states["reenable.enable_triggers"] == "failed", states
+    assert states["trigger_rollback"] == "success", states
     monkeypatch.delenv("PGUPGRADE_INJECT_FAILURE")
     with connect(c, APP_DB) as conn, conn.cursor() as cur:
         assert PROFILE.installed_version(conn) == "0.2.0"
         cur.execute("INSERT INTO orders (customer, amount) VALUES ('late', 1)")  # a client, after the backup
+    assert db_state(c, APP_DB)["triggers"] != before["triggers"]  # the run left them disabled
 
     rb, rstates = run_triggered_rollback(ROLLBACK, dr.run_id)
-    assert rb.state == "failed" and rstates["assess"] == "failed", rstates
-    assert rstates["restore_databases"] == "upstream_failed", rstates
-    with connect(c, APP_DB) as conn:
-        assert PROFILE.installed_version(conn) == "0.2.0"  # untouched
+    assert rb.state == "failed" and rstates["verify"] == "failed", rstates
+    assert rstates["restore_databases"] == rstates["restore_triggers"] == "success", rstates
+    rstate = RunState.for_run(ROLLBACK, rb.run_id, STATE)
+    assert rstate.load("decision")["path"] == "keep_new"
+    error = next(e["error"] for e in rstate.events() if e["event"] == "step" and e["status"] == "failed")
+    assert "a restore would undo changes made after the backup" in error and "it passes" in error, error
+    kept = db_state(c, APP_DB)
+    assert kept["version"] == kept["reported"] == "0.2.0" and kept["triggers"] == before["triggers"], kept
     assert "needs_attention" in json.loads(lock_file(c).read_text())
     lock_file(c).unlink()  # the operator looked, and accepts losing the late write
 

@@ -352,6 +352,7 @@ def run_case(pool: Pool, family: Family, cause: str, step: str | None = None) ->
     probe = WriteProbe(cluster).start()
     run_id: str | None = None
     up_state, failed_step, rb_path, rb_state, refusal = "?", step or "—", "—", "—", ""
+    kept_verified = False  # the rollback refused to go back and checked the kept new version: it passed
     try:
         time.sleep(0.3)
         with CAUSES[cause](case):
@@ -394,6 +395,7 @@ def run_case(pool: Pool, family: Family, cause: str, step: str | None = None) ->
                 named = report_of(state_root(), family.rollback_dag_id, rb.run_id).get("rollback_path")
             would = re.search(r"path would be (\w+)", refusal)  # refused before deciding: the path it names
             rb_path = str(decision.get("path") or (would.group(1) if would else "none decided"))
+            kept_verified = rstate.happened("kept_new_verified")
             rebuilt = ustate.first("old_rebuilt")  # the rollback journals it with the run it undoes
             if rebuilt:
                 case.note += (f"; rebuilt from the base backup + {rebuilt['wal_files']} WAL files, replayed to "
@@ -426,7 +428,8 @@ def run_case(pool: Pool, family: Family, cause: str, step: str | None = None) ->
     except Exception as exc:
         case.note += f"; cluster not answering: {str(exc).strip().splitlines()[-1][-80:]}"
     serving_ok = serves == family.old_served or (
-        serves == family.new_served and (up_state == "success" or _validated_and_opened(family, run_id))
+        serves == family.new_served
+        and (up_state == "success" or kept_verified or _validated_and_opened(family, run_id))
     )
     if lost == 0 and equal and serving_ok and rb_state in ("—", "success"):
         verdict = "ok"
