@@ -11,7 +11,8 @@ Unpaused on creation.
 
 ## Steps
 1. `validate_params`, `take_lock` (taken over from the upgrade run).
-2. `assess` — per database, from the upgrade run's journal and the catalog, logged with its reason:
+2. `assess` — first starts the server if none runs (it died under the run; this DAG never stops it), then per
+   database, from the upgrade run's journal and the catalog, logged with its reason:
    - the update never started, or its transaction never committed (the extension is still at the old version):
      only the triggers come back;
    - the update committed: restore from the backup — unless tables changed after the backup (row counts,

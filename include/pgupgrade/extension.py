@@ -1147,6 +1147,8 @@ def assess(ctx: RunContext) -> dict[str, Any]:
     up = upgrade_state(ctx)
     if not ctx.params["upgrade_run_id"] or not up.dir.exists():
         raise ConfigError("upgrade_run_id", f"no state for {up.dag_id} run {up.run_id!r} in {up.dir}")
+    if rollback.start_if_down(ctx.cluster, ctx.host):  # the server died under the run (this DAG never stops it)
+        ctx.state.record("server_started", why="no server ran when the rollback began")
     plan_ = up.load("plan")
     if not plan_ or plan_.get("refused") or plan_.get("already_upgraded") or "from_versions" not in plan_:
         why = (plan_ or {}).get("refused") or (plan_ or {}).get("reason") or "the run stopped before its plan"

@@ -257,14 +257,23 @@ def bring_back_old(path: str, upgrade_state: RunState, old: Cluster, host: Host)
             ["mv", "--", f"{old.datadir}/global/pg_control.old", f"{old.datadir}/global/pg_control"], user=old.os_user
         )
         log.info("renamed global/pg_control.old back to global/pg_control")
-    svc = Service(old, host)
+    start_if_down(old, host)
+
+
+def start_if_down(cluster: Cluster, host: Host) -> bool:
+    """Starts the cluster where its clients reach it when no postmaster serves it (stopped, or killed: crash
+    recovery runs); whether it had to."""
+    svc = Service(cluster, host)
     if svc.is_running() and not svc.accepts_connections():
         # e.g. the server pg_upgrade started in binary-upgrade mode on its private socket, left running when the
         # worker was killed mid pg_upgrade
-        log.warning("the old cluster runs but does not answer on its socket: stopping it to start it normally")
+        log.warning("the cluster runs but does not answer on its socket: stopping it to start it normally")
         svc.stop("fast")
-    if not svc.is_running():
-        svc.start()
+    if svc.is_running():
+        return False
+    log.warning("no server runs in %s: starting it", cluster.datadir)
+    svc.start()
+    return True
 
 
 _WAL_FILE_RE = re.compile(r"[0-9A-F]{24}|[0-9A-F]{8}\.history")
