@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,22 @@ def run(dag_id: str, conf: dict[str, Any]) -> tuple[Any, dict[str, str]]:
         tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == dr.run_id)
         states = {ti.task_id: str(ti.state) for ti in tis}
     return dr, states
+
+
+def run_under_writes(cluster: Any, dag_id: str, conf: dict[str, Any]) -> tuple[Any, Any, dict[str, str]]:
+    """Runs the DAG while an application keeps inserting and reconnecting (a WriteProbe started half a second
+    before, stopped half a second after); returns (probe, DagRun, {task_id: state})."""
+    from pgharness import WriteProbe
+
+    WriteProbe.create_table(cluster)
+    probe = WriteProbe(cluster).start()
+    try:
+        time.sleep(0.5)
+        dr, states = run(dag_id, conf)
+        time.sleep(0.5)
+    finally:
+        probe.stop()
+    return probe, dr, states
 
 
 def triggered_runs(dag_id: str) -> list[Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,9 @@ from pgupgrade.cluster import Cluster
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState
 
-from airflow_helpers import report_of, run
+from airflow_helpers import report_of, run, run_under_writes
 from conftest import register_connection
-from pgharness import APP_DB, Pool, WriteProbe, installation
+from pgharness import APP_DB, Pool, installation
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 OK = {"success", "skipped"}
@@ -48,17 +47,10 @@ def test_link_mode_upgrade_with_a_client_that_never_stops(pool, old_v, new_v):
     """Each hop in link mode while an application keeps inserting and reconnecting: the run is green, the new
     major answers on the old port with identical facts, and no acknowledged write is missing afterwards."""
     old = pool.new(old_v)
-    WriteProbe.create_table(old)
     conf = upgrade_conf(pool, old, new_v, transfer_mode="link", terminate_after_s=0)
     track_new(pool, old, conf)
     dag_id = f"pg{old_v.split('.')[0]}_to_pg{new_v}_upgrade"
-    probe = WriteProbe(old).start()
-    try:
-        time.sleep(0.5)
-        dr, states = run(dag_id, conf)
-        time.sleep(0.5)
-    finally:
-        probe.stop()
+    probe, dr, states = run_under_writes(old, dag_id, conf)
     assert dr.state == "success", {t: s for t, s in states.items() if s != "success"}
     assert {s for t, s in states.items() if t not in ("handover_lock", "trigger_rollback")} <= OK, states
     assert states["trigger_rollback"] == "skipped"

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import stat
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,9 @@ from pgupgrade.sql import connect, scalar
 from pgupgrade.state import ClusterLock, RunState, state_root
 
 import pgharness
-from airflow_helpers import report_of, run, run_triggered_rollback
+from airflow_helpers import report_of, run, run_triggered_rollback, run_under_writes
 from conftest import register_connection
-from pgharness import APP_DB, HOST, OS_USER, Pool, WriteProbe, installation, seed_data
+from pgharness import APP_DB, HOST, OS_USER, Pool, installation, seed_data
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 OK = {"success", "skipped"}
@@ -76,15 +75,8 @@ def same_rows(a: dict[str, Any], b: dict[str, Any]) -> None:
 def test_bindir_upgrade_15_18_to_15_20_then_manual_rollback(pool: Pool) -> None:
     """With an application that never stops: it is cut off by the cutover and loses no acknowledged write."""
     old = pool.new("15.18")
-    WriteProbe.create_table(old)
     conf = minor_conf(old, terminate_after_s=0)
-    probe = WriteProbe(old).start()
-    try:
-        time.sleep(0.5)
-        dr, states = run(UPGRADE, conf)
-        time.sleep(0.5)
-    finally:
-        probe.stop()
+    probe, dr, states = run_under_writes(old, UPGRADE, conf)
     assert dr.state == "success", states
     assert len(probe.acked) > 10 and probe.errors > 0 and probe.lost(old) == []
     assert {s for t, s in states.items() if t not in ("handover_lock", "trigger_rollback")} <= OK, states
