@@ -10,7 +10,8 @@ The upgrade run's state directory (journal, plan, facts, backup manifest). Unpau
 
 ## Steps
 1. `validate_params`, `take_lock` (taken over from the failed upgrade run).
-2. `assess` — the path, from the upgrade run's journal and the old data directory, logged with its reason:
+2. `assess` — refuses an upgrade run already rolled back (the old cluster serves clients again); else the path,
+   from the upgrade run's journal and the old data directory, logged with its reason:
    - `old_running`: the old cluster was never stopped → give logins back;
    - `old_intact`: no transfer began, or copy/clone/dump-restore (old files never written) → stop the new
      cluster, start the old one;
@@ -22,6 +23,7 @@ The upgrade run's state directory (journal, plan, facts, backup manifest). Unpau
      first — crash recovery must replay past the old cluster's shutdown checkpoint (LSN recorded at `stop_old`),
      so every write up to the stop is back; without that WAL (e.g. the old directory deleted), initdb the old
      major and restore the logical backup, refused when data changed after it unless `accept_data_loss`.
+     The rebuild copies the base backup (kept for a retry): refused first when its size is not free there.
      Refused too, whatever the way, when clients wrote into the opened new cluster, unless `accept_data_loss`.
 3. `bring_back_old` or `restore_from_backup` (logins stay blocked), then `verify_old`: the old version serves
    with facts equal to the snapshot taken before the stop; the WAL-keeping slot is dropped; only then are

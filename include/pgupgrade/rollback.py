@@ -187,6 +187,12 @@ def decide(upgrade_state: RunState, old: Cluster, host: Host, *, accept_data_los
     accept_data_loss — then the decision records the loss accepted."""
     if not upgrade_state.dir.exists():
         raise ConfigError("upgrade_run_id", f"no state for {upgrade_state.dag_id} run {upgrade_state.run_id!r}")
+    done = upgrade_state.first("rolled_back")
+    if done:
+        raise UnsafeState(
+            f"upgrade run {upgrade_state.run_id} was already rolled back ({done['at']}): the old cluster serves "
+            "again and may hold newer writes; nothing done"
+        )
     path, why = assess(upgrade_state, old, host)
     decision: dict[str, Any] = {"path": path, "why": why, "opened_changes": None}
     if path != "old_running" and upgrade_state.happened("opened"):
@@ -350,6 +356,11 @@ def restore_from_backup(
         )
     if risks and not accept_data_loss:
         raise UnsafeState("refusing to restore the backup: " + "; ".join(risks) + " (set accept_data_loss=true)")
+    if bridge is not None:
+        free, need = checks.free_bytes(host, old.datadir), int(bridge["base"]["bytes"])
+        if free < need:
+            raise UnsafeState(f"rebuilding the old cluster copies its base backup ({need} bytes) next to the old "
+                              f"data directory, where {free} bytes are free; nothing done")  # fmt: skip
     plan = upgrade_state.load("plan")
     stop_new(upgrade_state, old, host)
     stop_if_running(old, host)
@@ -399,6 +410,7 @@ def verify_old(upgrade_state: RunState, old: Cluster) -> dict[str, Any]:
         backup.drop_slot(old)  # it would keep WAL forever now that the old cluster serves again
     # logins only come back once the facts are proven: a client reconnecting earlier would change them
     checks.unblock_logins(old, upgrade_state.load("blocked_roles", []))
+    upgrade_state.record("rolled_back")  # a second rollback of this run would undo what clients write from now
     out: dict[str, Any] = {"facts_compared": compared, "server_version": now["server_version"]}
     if before is not None:
         out["tables"] = facts.table_count(now)

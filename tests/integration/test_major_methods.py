@@ -136,6 +136,12 @@ def test_manual_rollback_after_success_only_when_nothing_was_written(pool):
     assert served_version(old) == 15
     with connect(old, APP_DB) as conn:
         assert scalar(conn, "SELECT count(*) FROM orders") == 1000
+    again, states = run_dag("pg_major_upgrade_rollback", rb_conf)  # by mistake: 15 serves clients again
+    assert again.state == "failed" and states["assess"] == "failed", states
+    error = next(e["error"] for e in RunState.for_run("pg_major_upgrade_rollback", again.run_id, STATE).events()
+                 if e["event"] == "step" and e["status"] == "failed")  # fmt: skip
+    assert "was already rolled back" in error, error
+    assert served_version(old) == 15
 
 
 def test_cluster_already_at_the_target_ends_green_and_untouched(pool):
