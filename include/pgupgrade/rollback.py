@@ -248,6 +248,7 @@ def empty_unused_new(upgrade_state: RunState, old: Cluster, host: Host) -> bool:
         not made
         or upgrade_state.happened("transfer_started")
         or made.get("datadir") != plan.get("new", {}).get("datadir")
+        or host.run(["test", "-d", made["datadir"]], check=False).exit_code != 0  # a failed initdb removes it
     ):
         return False
     host.run(["find", made["datadir"], "-mindepth", "1", "-delete"], user=old.os_user)
