@@ -11,6 +11,7 @@ from typing import Any
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
 from pgupgrade.errors import CheckFailed, CommandError
+from pgupgrade.sql import connect, fetch_named, psycopg2
 from pgupgrade.state import now_iso, safe_name
 
 log = logging.getLogger(__name__)
@@ -142,8 +143,6 @@ def restore(cluster: Cluster, host: Host, manifest: dict[str, Any], *, jobs: int
 
 def base_requirements(cluster: Cluster) -> list[str]:
     """Why a base backup with a replication slot cannot be taken of this cluster (empty: it can)."""
-    from pgupgrade.sql import connect, fetch_named
-
     with connect(cluster) as conn:
         s = fetch_named(conn, "wal-settings")[0]
     why = []
@@ -158,8 +157,6 @@ def base_requirements(cluster: Cluster) -> list[str]:
 
 def drop_slot(cluster: Cluster, slot: str = ROLLBACK_SLOT) -> bool:
     """Drops the slot if the (running) cluster has it; whether it did."""
-    from pgupgrade.sql import connect, fetch_named
-
     with connect(cluster) as conn:
         dropped = bool(fetch_named(conn, "drop-replication-slot", {"slot": slot}))
     if dropped:
@@ -178,8 +175,6 @@ def take_base(cluster: Cluster, host: Host, dest: str, *, slot: str = ROLLBACK_S
     try:
         host.run(argv, user=user, env=cluster.libpq_env(), timeout=24 * 3600)
     except CommandError as exc:
-        from pgupgrade.sql import psycopg2
-
         try:
             drop_slot(cluster, slot)
         except psycopg2.Error as drop_exc:  # the cluster itself may be what failed

@@ -252,7 +252,7 @@ def plan(ctx: RunContext) -> dict[str, Any]:
     mode = p["transfer_mode"] if method == "pg_upgrade" else None
     backup_dir = p["backup_dir"] or backup.default_dir(ctx.state.root, old.name, ctx.run_id)
     need_backup = int(data_bytes * 1.1)
-    if method == "pg_upgrade" and mode in ("link", "swap"):
+    if needs_base(method, mode):
         missing = backup.base_requirements(old)
         if missing:
             raise PlanError(
@@ -414,7 +414,7 @@ def take_backup(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
         return manifest
     manifest = backup.take(old, ctx.host, plan_["backup_dir"], plan_["databases"], jobs=ctx.params["jobs"])
     manifest["facts"] = facts.snapshot(old)
-    if needs_base(plan_):
+    if needs_base(plan_["method"], plan_["transfer_mode"]):
         # link/swap: once the new cluster starts the old files are gone; this base backup plus the old data
         # directory's WAL (kept by the slot) rebuild the old cluster as it stopped, every write included
         ctx.state.record("wal_slot_created", slot=backup.ROLLBACK_SLOT)
@@ -423,9 +423,9 @@ def take_backup(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def needs_base(plan_: dict[str, Any]) -> bool:
+def needs_base(method: str, mode: str | None) -> bool:
     """Whether the run's way back needs a physical base backup: pg_upgrade in link or swap mode."""
-    return plan_.get("method") == "pg_upgrade" and plan_.get("transfer_mode") in ("link", "swap")
+    return method == "pg_upgrade" and mode in ("link", "swap")
 
 
 # -- stop -----------------------------------------------------------------------------------------------

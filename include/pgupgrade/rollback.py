@@ -301,6 +301,15 @@ def wal_bridge(upgrade_state: RunState, datadir: str, host: Host) -> dict[str, A
     return {"base": base, "until_lsn": stopped["checkpoint_lsn"]}
 
 
+def carry_config_from(aside: str, old: Cluster, host: Host) -> None:
+    """The configuration files of the data directory moved aside into the rebuilt one: all of them when they
+    live in the data directory, else postgresql.auto.conf (ALTER SYSTEM; never WAL-logged, so neither a base
+    backup nor initdb has its latest state)."""
+    for name in ("postgresql.conf", "pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf"):
+        if not old.confdir or name == "postgresql.auto.conf":
+            host.run(["cp", "--", f"{aside}/{name}", f"{old.datadir}/{name}"], user=old.os_user, check=False)
+
+
 def restore_base(old: Cluster, host: Host, bridge: dict[str, Any], aside: str) -> dict[str, Any]:
     """Rebuilds the old data directory from the base backup plus the WAL segments the old cluster wrote from the
     backup's start on (copied from the directory moved aside; the backup itself is never changed), then starts
@@ -317,9 +326,7 @@ def restore_base(old: Cluster, host: Host, bridge: dict[str, Any], aside: str) -
     for i in range(0, len(wal), 200):
         host.run(["cp", "-t", f"{old.datadir}/pg_wal", "--", *(f"{aside}/pg_wal/{n}" for n in wal[i : i + 200])],
                  user=user, timeout=3600)  # fmt: skip
-    if not old.confdir:
-        for name in ("postgresql.conf", "pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf"):
-            host.run(["cp", "--", f"{aside}/{name}", f"{old.datadir}/{name}"], user=user, check=False)
+    carry_config_from(aside, old, host)
     sock = upgrade.socket_path(f"{old.datadir}/rollback")
     private = replace(old, host=sock, service="pg_ctl")
     upgrade.start_private(private, host, sock)
@@ -379,9 +386,7 @@ def restore_from_backup(
     if host.run(["test", "-e", f"{old.datadir}/PG_VERSION"], check=False).exit_code != 0:
         host.run(["rm", "-rf", "--", old.datadir], user=old.os_user)  # a half-done initdb of this rollback
         initdb(inst, old.datadir, InitdbOptions(**plan["initdb"]), os_user=old.os_user, host=host)
-        for name in ("postgresql.conf", "pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf"):
-            if not old.confdir or name == "postgresql.auto.conf":
-                host.run(["cp", "--", f"{aside}/{name}", f"{old.datadir}/{name}"], user=old.os_user, check=False)
+        carry_config_from(aside, old, host)
     Service(old, host).start()
     backup.restore(old, host, manifest)
     return aside
