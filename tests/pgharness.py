@@ -42,7 +42,7 @@ def installation(version: str) -> versions.Installation:
             install_standin(inst)
             return inst
     have = ", ".join(str(i.version) for i in all_installations())
-    raise LookupError(f"PostgreSQL {version} is not installed here (have: {have}); run .ci/setup-postgres")
+    raise LookupError(f"PostgreSQL {version} is not installed here (have: {have}); run include/scripts/install.sh")
 
 
 @cache

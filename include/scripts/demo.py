@@ -25,8 +25,29 @@ from pgupgrade.sql import connect, scalar  # noqa: E402
 from pgharness import Pool, installation  # noqa: E402
 
 
+def prepare() -> int | None:
+    """The newest installed major, with the stand-in extension installed into the old and the new installation;
+    None (after saying what is missing) when this machine cannot run the demo."""
+    found = versions.discover()
+    newest = max((i.major for i in found), default=0)
+    if newest <= 15:
+        have = ", ".join(f"{i.version} ({i.bindir})" for i in found) or "none"
+        print(f"demo: needs PostgreSQL 15.18 and a newer major; found: {have}. Run include/scripts/install.sh.")
+        return None
+    try:
+        for version in ("15.18", str(newest)):
+            inst = installation(version)  # copies the stand-in pg_tviews into its share/extension
+            print(f"demo: PostgreSQL {inst.version} in {inst.bindir} (stand-in pg_tviews in {inst.extension_dir})")
+    except LookupError as exc:
+        print(f"demo: {exc}")
+        return None
+    return newest
+
+
 def main() -> int:
-    newest = max(i.major for i in versions.discover())
+    newest = prepare()
+    if newest is None:
+        return 1
     pool = Pool()
     try:
         old = pool.new("15.18", "demo15")

