@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 _PGBIN = Path(os.environ.get("PGUPGRADE_PGBIN", "/opt/pgbin"))
 os.environ.setdefault(  # as include/scripts/env.sh: Debian packages unpacked, and the wheels' copies
     "PGUPGRADE_BINDIRS",
-    os.pathsep.join(str(p) for p in [*sorted(_PGBIN.glob("*/usr/lib/postgresql/*/bin")), *sorted(_PGBIN.glob("*/*/pginstall/bin"))]),
+    os.pathsep.join(
+        str(p) for p in [*sorted(_PGBIN.glob("*/usr/lib/postgresql/*/bin")), *sorted(_PGBIN.glob("*/*/pginstall/bin"))]
+    ),
 )
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="pgupgrade-airflow-")
 os.environ.update(
