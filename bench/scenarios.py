@@ -24,6 +24,7 @@ import requests
 
 import pgupgrade.upgrade as upgrade
 from bench.clusters import clone, home_of, teardown
+from pgupgrade import scratch, services
 from pgupgrade.cluster import Cluster, Service
 from pgupgrade.errors import CommandError
 from pgupgrade.scratch import create_cluster, initdb
@@ -114,7 +115,7 @@ def bare_link(env: Env) -> Measures:
     try:
         with probing(old) as probe:
             t0 = time.monotonic()
-            initdb(new16, new_dir, upgrade.matching_options(old), os_user=OS_USER, host=HOST)
+            initdb(new16, new_dir, scratch.matching_options(old), os_user=OS_USER, host=HOST)
             run(["cp", f"{old.datadir}/postgresql.conf", f"{old.datadir}/pg_hba.conf", new_dir])
             run([old.bin("pg_ctl"), "-D", old.datadir, "-m", "fast", "-w", "stop"])
             up = run(
@@ -150,7 +151,7 @@ def seed_literal(env: Env) -> Measures:
             # Phase 1 (before the window): support matrix, --check, backup, pre-upgrade analysis
             psql(old, "SELECT version();")
             run([new16.bin("postgres"), "--version"])
-            initdb(new16, new_dir, upgrade.matching_options(old), os_user=OS_USER, host=HOST)
+            initdb(new16, new_dir, scratch.matching_options(old), os_user=OS_USER, host=HOST)
             ports = ["-p", str(old.port), "-P", str(old.port + 1)]
             run(by_hand(old, new_dir, *ports, "--check"), cwd=work)
             run([old.bin("pg_dump"), "-f", f"{work}/mydb-pg15.sql", APP_DB], old)
@@ -393,7 +394,7 @@ def _target(env: Env, old: Cluster) -> Cluster:
         port=old.port + 3,
         socket_dir=str(home / "sock16"),
         os_user=OS_USER,
-        options=upgrade.matching_options(old),
+        options=scratch.matching_options(old),
         settings={"work_mem": "'7MB'", "fsync": "off"},
     )
 
@@ -482,10 +483,10 @@ def pg_upgrade_step(env: Env, tag: str, *, jobs: int, relations: int = 0, templa
         if relations:
             add_relations(old, relations)
         new16, new_dir = installation(NEW), _new_datadir(old)
-        options = upgrade.matching_options(old)
+        options = scratch.matching_options(old)
         Service(old, HOST).stop("fast")
         upgrade.prepare_new_cluster(old, new16, new_dir, options, HOST)
-        sock = upgrade.make_socket_dir(HOST, str(home_of(old) / "upsock"), OS_USER)
+        sock = services.make_socket_dir(HOST, str(home_of(old) / "upsock"), OS_USER)
         argv = upgrade.pg_upgrade_argv(
             old,
             new16,

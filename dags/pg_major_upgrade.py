@@ -85,7 +85,7 @@ from typing import Any
 
 from airflow.sdk import DAG, TaskGroup, TriggerRule, task
 
-from pgupgrade import major
+from pgupgrade import backup, clients, entities, major
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import notifiers
 from pgupgrade.airflow import runtime as rt
@@ -130,7 +130,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
         with TaskGroup("prepare") as g_prepare:
             bkp = step(
                 "backup",
-                lambda rc: major.take_backup(rc, _plan(rc)),
+                lambda rc: backup.take_backup(rc, _plan(rc)),
                 "Globals + pg_dump -Fd -j N per database, verified with pg_restore -l, checksummed; link/swap: "
                 "also a base backup whose replication slot keeps the old cluster's WAL (the way back).",
             )
@@ -159,10 +159,10 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 lambda rc: notifiers.send("outage_start", rc.dag_id, rc.run_id, rc.cluster.name, None),
                 "Alerts the configured channels (Variable pgupgrade_notify) that the outage starts.",
             )
-            block = step("block_logins", major.block_logins, "NOLOGIN for every login role but ours (recorded).")
+            block = step("block_logins", clients.block_logins, "NOLOGIN for every login role but ours (recorded).")
             no_clients = rt.sensor_task(
                 "wait_no_clients",
-                major.clients_gone,
+                clients.clients_gone,
                 F,
                 spec,
                 "connection_wait_timeout_s",
@@ -170,7 +170,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
             )
             queue = rt.sensor_task(
                 "wait_queue_empty",
-                lambda rc: major.queue_empty(rc, _plan(rc)["databases"]),
+                lambda rc: entities.queue_empty(rc, _plan(rc)["databases"]),
                 F,
                 spec,
                 "queue_wait_timeout_s",

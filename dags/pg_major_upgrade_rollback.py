@@ -42,12 +42,12 @@ from typing import Any
 
 from airflow.sdk import TriggerRule, task
 
-from pgupgrade import rollback
+from pgupgrade import recovery, rollback
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import runtime as rt
 from pgupgrade.state import RunState
 
-F = rollback.FIELDS
+F = recovery.FIELDS
 
 
 def _upgrade_state(rc: Any) -> RunState:
@@ -95,7 +95,7 @@ with ad.rollback_dag(
     )
     restore = _step(
         "restore_from_backup",
-        lambda rc: rollback.restore_from_backup(
+        lambda rc: recovery.restore_from_backup(
             _upgrade_state(rc),
             rc.cluster,
             rc.host,
@@ -112,7 +112,7 @@ with ad.rollback_dag(
     )
     report = _step(
         "report",
-        lambda rc: rollback.write_report(rc),
+        lambda rc: recovery.write_report(rc),
         "JSON + Markdown report with the path and why.",
         trigger_rule=TriggerRule.ALL_DONE,
     )

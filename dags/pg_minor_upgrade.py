@@ -84,7 +84,7 @@ from typing import Any
 
 from airflow.sdk import TaskGroup
 
-from pgupgrade import minor
+from pgupgrade import clients, minor
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import runtime as rt
 from pgupgrade.airflow import schedule as sched
@@ -159,10 +159,10 @@ with ad.upgrade_dag(
             lambda rc: aw.window_guard(rc, _plan(rc)["outage_estimate_s"]),
             "Refuses to start the outage when the estimate does not fit the window.",
         )
-        block = step("block_logins", minor.major.block_logins, "NOLOGIN for every login role but ours (recorded).")
+        block = step("block_logins", clients.block_logins, "NOLOGIN for every login role but ours (recorded).")
         no_clients = sensor(
             "wait_no_clients",
-            minor.major.clients_gone,
+            clients.clients_gone,
             "connection_wait_timeout_s",
             "No client sessions left, or terminate_after_s passed (the cutover then terminates them).",
         )

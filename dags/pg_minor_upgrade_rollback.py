@@ -43,7 +43,7 @@ from typing import Any
 
 from airflow.sdk import TriggerRule, task
 
-from pgupgrade import minor
+from pgupgrade import minor, recovery
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import runtime as rt
 
@@ -94,7 +94,7 @@ with ad.rollback_dag(
     opened = _step("open_to_clients", minor.rollback_open, "Logins given back.")
     report = _step(
         "report",
-        lambda rc: minor.rollback.write_report(rc),
+        lambda rc: recovery.write_report(rc),
         "JSON + Markdown report with the path and why.",
         trigger_rule=TriggerRule.ALL_DONE,
     )

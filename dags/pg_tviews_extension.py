@@ -85,8 +85,8 @@ from typing import Any
 
 from airflow.sdk import DAG, TaskGroup
 
+from pgupgrade import entities
 from pgupgrade import extension as ext
-from pgupgrade import major
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import runtime as rt
 from pgupgrade.airflow import schedule as sched
@@ -142,7 +142,7 @@ def build(dag_id: str, spec: dict[str, Any], fields: list[Any], description: str
             )
             queue = rt.sensor_task(
                 "wait_queue_empty",
-                lambda rc: major.queue_empty(rc, _plan(rc)["databases"]),
+                lambda rc: entities.queue_empty(rc, _plan(rc)["databases"]),
                 fields,
                 spec,
                 "queue_wait_timeout_s",

@@ -8,8 +8,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pgupgrade import backup, facts
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
+from pgupgrade.context import RunContext
 from pgupgrade.errors import CheckFailed, CommandError
 from pgupgrade.sql import connect, fetch_named, psycopg2
 from pgupgrade.state import now_iso, safe_name
@@ -257,3 +259,26 @@ def restore_custom(cluster: Cluster, host: Host, archive: str, db: str, *, bindi
             "-d", make_dsn(dbname=db), archive]  # fmt: skip
     host.run(argv, user=cluster.os_user, env=cluster.libpq_env(db), timeout=24 * 3600)
     log.info("restored %s from %s", db, archive)
+
+
+def take_backup(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
+    old = ctx.cluster
+    if ctx.state.has("backup"):
+        manifest: dict[str, Any] = ctx.state.load("backup")
+        backup.verify(ctx.host, manifest, old.os_user)
+        log.info("backup of this run already taken and verified: %s", manifest["backup_dir"])
+        return manifest
+    manifest = backup.take(old, ctx.host, plan_["backup_dir"], plan_["databases"], jobs=ctx.params["jobs"])
+    manifest["facts"] = facts.snapshot(old)
+    if needs_base(plan_["method"], plan_["transfer_mode"]):
+        # link/swap: once the new cluster starts the old files are gone; this base backup plus the old data
+        # directory's WAL (kept by the slot) rebuild the old cluster as it stopped, every write included
+        ctx.state.record("wal_slot_created", slot=backup.ROLLBACK_SLOT)
+        manifest["base"] = backup.take_base(old, ctx.host, f"{plan_['backup_dir']}/base")
+    ctx.state.save("backup", manifest)
+    return manifest
+
+
+def needs_base(method: str, mode: str | None) -> bool:
+    """Whether the run's way back needs a physical base backup: pg_upgrade in link or swap mode."""
+    return method == "pg_upgrade" and mode in ("link", "swap")

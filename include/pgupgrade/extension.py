@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
-from pgupgrade import backup, checks, facts, rollback, versions
+from pgupgrade import backup, checks, facts, recovery, services, versions
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
 from pgupgrade.context import RunContext
@@ -1147,7 +1147,7 @@ def assess(ctx: RunContext) -> dict[str, Any]:
     up = upgrade_state(ctx)
     if not ctx.params["upgrade_run_id"] or not up.dir.exists():
         raise ConfigError("upgrade_run_id", f"no state for {up.dag_id} run {up.run_id!r} in {up.dir}")
-    if rollback.start_if_down(ctx.cluster, ctx.host):  # the server died under the run (this DAG never stops it)
+    if services.start_if_down(ctx.cluster, ctx.host):  # the server died under the run (this DAG never stops it)
         ctx.state.record("server_started", why="no server ran when the rollback began")
     plan_ = up.load("plan")
     if not plan_ or plan_.get("refused") or plan_.get("already_upgraded") or "from_versions" not in plan_:
@@ -1337,7 +1337,7 @@ def verify_rolled_back(ctx: RunContext, decision: dict[str, Any]) -> dict[str, A
 
 def write_rollback_report(ctx: RunContext) -> dict[str, str]:
     decision = ctx.state.load("decision") or {}
-    return rollback.write_report(
+    return recovery.write_report(
         ctx, restored_databases=decision.get("restore"), triggers_restored_in=decision.get("triggers")
     )
 

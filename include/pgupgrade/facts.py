@@ -89,3 +89,5 @@ def table_count(facts: Facts) -> int:
 
 def data_bytes(facts: Facts) -> int:
     return sum(int(db["size_bytes"]) for db in facts["databases"].values())
+
+

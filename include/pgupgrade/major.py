@@ -16,13 +16,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pgupgrade import backup, checks, facts, upgrade, versions
+from pgupgrade import backup, checks, facts, scratch, services, upgrade, versions
+from pgupgrade.backup import needs_base
+from pgupgrade.clients import terminate_clients
 from pgupgrade.cluster import Cluster, Service
 from pgupgrade.context import RunContext
+from pgupgrade.entities import extension_facts, refresh_all, snapshot_before
 from pgupgrade.errors import CheckFailed, CommandError, ConfigError, PlanError, UnsafeState
 from pgupgrade.params import COMMON, Field
 from pgupgrade.scratch import InitdbOptions, exists, is_empty_dir
-from pgupgrade.sql import connect, fetch_named, psql, scalar
+from pgupgrade.services import stop_old
+from pgupgrade.sql import connect, fetch_named, scalar
 from pgupgrade.state import safe_name
 
 log = logging.getLogger(__name__)
@@ -240,7 +244,7 @@ def plan(ctx: RunContext) -> dict[str, Any]:
     for db in dbs:
         with connect(old, db) as conn:
             relations += int(scalar(conn, "SELECT count(*) FROM pg_class"))
-    options = upgrade.matching_options(old)
+    options = scratch.matching_options(old)
     preload = upgrade.preload_libraries(old)
     missing_libs = checks.missing_libraries(preload, new_inst, host)
     if missing_libs:
@@ -371,7 +375,7 @@ def pg_upgrade_check(
         upgrade.prepare_new_cluster(old, new_inst, scratch_data, options, host)
         if preload:
             _set_preload(host, scratch_data, preload, old.os_user)
-        sock = upgrade.make_socket_dir(host, upgrade.socket_path(f"{work}/sock"), old.os_user)
+        sock = services.make_socket_dir(host, services.socket_path(f"{work}/sock"), old.os_user)
         argv = upgrade.pg_upgrade_argv(
             old,
             new_inst,
@@ -393,7 +397,7 @@ def pg_upgrade_check(
                 log.warning("%s:\n%s", name, text[-3000:])
             return False, exc.stdout + exc.stderr + "".join(logs.values())
     finally:
-        host.run(["rm", "-rf", "--", work, upgrade.socket_path(f"{work}/sock")], user=old.os_user, check=False)
+        host.run(["rm", "-rf", "--", work, services.socket_path(f"{work}/sock")], user=old.os_user, check=False)
 
 
 def _set_preload(host: Any, datadir: str, preload: str, user: str) -> None:
@@ -405,130 +409,7 @@ def _set_preload(host: Any, datadir: str, preload: str, user: str) -> None:
 # -- preparation ----------------------------------------------------------------------------------------
 
 
-def take_backup(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
-    old = ctx.cluster
-    if ctx.state.has("backup"):
-        manifest: dict[str, Any] = ctx.state.load("backup")
-        backup.verify(ctx.host, manifest, old.os_user)
-        log.info("backup of this run already taken and verified: %s", manifest["backup_dir"])
-        return manifest
-    manifest = backup.take(old, ctx.host, plan_["backup_dir"], plan_["databases"], jobs=ctx.params["jobs"])
-    manifest["facts"] = facts.snapshot(old)
-    if needs_base(plan_["method"], plan_["transfer_mode"]):
-        # link/swap: once the new cluster starts the old files are gone; this base backup plus the old data
-        # directory's WAL (kept by the slot) rebuild the old cluster as it stopped, every write included
-        ctx.state.record("wal_slot_created", slot=backup.ROLLBACK_SLOT)
-        manifest["base"] = backup.take_base(old, ctx.host, f"{plan_['backup_dir']}/base")
-    ctx.state.save("backup", manifest)
-    return manifest
-
-
-def needs_base(method: str, mode: str | None) -> bool:
-    """Whether the run's way back needs a physical base backup: pg_upgrade in link or swap mode."""
-    return method == "pg_upgrade" and mode in ("link", "swap")
-
-
 # -- stop -----------------------------------------------------------------------------------------------
-
-
-def block_logins(ctx: RunContext) -> list[str]:
-    roles = sorted(set(ctx.state.load("blocked_roles", [])) | set(checks.block_logins(ctx.cluster)))
-    ctx.state.save("blocked_roles", roles)
-    ctx.state.record("logins_blocked", roles=roles)
-    return roles
-
-
-def clients_gone(ctx: RunContext) -> bool:
-    """Sensor poke: no client sessions left, or the grace period (terminate_after_s) is over — the cutover then
-    terminates whoever is left as its first act, so the clients' outage starts inside one task."""
-    sessions = checks.client_sessions(ctx.cluster)
-    if not sessions:
-        return True
-    grace = ctx.params["terminate_after_s"]
-    blocked = ctx.state.first("logins_blocked")
-    since = dt.datetime.fromisoformat(blocked["at"]) if blocked else dt.datetime.now(dt.UTC)
-    waited = (dt.datetime.now(dt.UTC) - since).total_seconds()
-    log.info(
-        "%d client sessions left after %.0fs: %s",
-        len(sessions),
-        waited,
-        ", ".join(f"{s['usename']}@{s['datname']} pid {s['pid']}" for s in sessions[:10]),
-    )
-    if grace >= 0 and waited >= grace:
-        log.warning(
-            "%d client sessions left after the %ss grace period: the cutover terminates them", len(sessions), grace
-        )
-        return True
-    return False
-
-
-def terminate_clients(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
-    """First step of the cutover: a checkpoint while clients still work, then terminate the sessions left after
-    the grace period, then wait (bounded by queue_wait_timeout_s) until no client is connected and the
-    extension's queue is empty."""
-    with connect(ctx.cluster) as conn:
-        scalar(conn, "CHECKPOINT")  # the shutdown checkpoint then has little left to write
-    ctx.state.record("cutover_started")
-    terminated = 0
-    if checks.client_sessions(ctx.cluster):
-        if ctx.params["terminate_after_s"] < 0:
-            raise CheckFailed("client sessions are connected and terminate_after_s is -1 (never terminate)")
-        terminated = checks.terminate_clients(ctx.cluster)
-        ctx.state.record("clients_terminated", count=terminated)
-        log.warning("terminated %d client sessions", terminated)
-    deadline = time.monotonic() + ctx.params["queue_wait_timeout_s"]
-    while True:
-        left = checks.client_sessions(ctx.cluster)
-        if not left and queue_empty(ctx, plan_["databases"]):
-            return {"terminated": terminated}
-        if time.monotonic() > deadline:
-            raise CheckFailed(
-                f"{len(left)} client sessions or a non-empty queue after queue_wait_timeout_s="
-                f"{ctx.params['queue_wait_timeout_s']}s"
-            )
-        time.sleep(0.1)
-
-
-def queue_empty(ctx: RunContext, databases: list[str]) -> bool:
-    ext_dbs = checks.extension_databases(ctx.cluster, databases, ctx.profile)
-    if not ext_dbs:
-        log.info("%s is not installed in any database: nothing to wait for", ctx.profile.extname)
-        return True
-    sizes = checks.queue_sizes(ctx.cluster, ext_dbs, ctx.profile)
-    log.info("queue sizes: %s", sizes)
-    return not any(sizes.values())
-
-
-def extension_facts(cluster: Cluster, databases: list[str], ctx: RunContext) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for db in checks.extension_databases(cluster, databases, ctx.profile):
-        with connect(cluster, db) as conn:
-            timings = {}
-            for entity in ctx.profile.entities(conn):
-                started = time.perf_counter()
-                scalar(conn, psql.SQL("SELECT count(*) FROM {}").format(psql.Identifier(entity)))
-                timings[entity] = time.perf_counter() - started
-            out[db] = {
-                "version": ctx.profile.installed_version(conn),
-                "metadata_rows": len(ctx.profile.metadata_rows(conn)),
-                "scan_s": timings,
-            }
-    return out
-
-
-def snapshot(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
-    before = facts.snapshot(ctx.cluster, content=ctx.params["verify_content"])
-    before["extension"] = extension_facts(ctx.cluster, plan_["databases"], ctx)
-    ctx.state.save("facts_before", before)
-    return {"tables": facts.table_count(before), "wal_lsn": before["wal_lsn"]}
-
-
-def stop_old(ctx: RunContext) -> None:
-    """Stops the old cluster and records its shutdown checkpoint's LSN: a rollback that rebuilds it from the
-    base backup and its WAL proves it replayed at least that far."""
-    ctx.state.record("old_stop_requested")
-    Service(ctx.cluster, ctx.host).stop("fast")
-    ctx.state.record("old_stopped", checkpoint_lsn=upgrade.checkpoint_lsn(ctx.cluster, ctx.host))
 
 
 # -- upgrade --------------------------------------------------------------------------------------------
@@ -537,12 +418,12 @@ def stop_old(ctx: RunContext) -> None:
 def _new_cluster(ctx: RunContext, plan_: dict[str, Any], *, private: bool) -> Cluster:
     c = ctx.cluster.with_installation(plan_["new"]["bindir"], plan_["new"]["datadir"])
     if private:
-        return upgrade.private_cluster(c, c.datadir, c.bindir, _sock(plan_, "sock"))
+        return services.private_cluster(c, c.datadir, c.bindir, _sock(plan_, "sock"))
     return replace(c, confdir=None)
 
 
 def _sock(plan_: dict[str, Any], name: str) -> str:
-    return upgrade.socket_path(f"{plan_['work_dir']}/{name}")
+    return services.socket_path(f"{plan_['work_dir']}/{name}")
 
 
 def init_new(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
@@ -575,7 +456,7 @@ def run_pg_upgrade(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     new_inst = versions.inspect(plan_["new"]["bindir"], host)
     new_datadir = plan_["new"]["datadir"]
     work = plan_["work_dir"]
-    sock = upgrade.make_socket_dir(host, _sock(plan_, "sock"), old.os_user)
+    sock = services.make_socket_dir(host, _sock(plan_, "sock"), old.os_user)
     argv = upgrade.pg_upgrade_argv(
         old,
         new_inst,
@@ -610,10 +491,10 @@ def run_dump_restore(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     # it stops the old one); a run that finds it stopped starts it where no client can reach it.
     source = old
     if ctx.state.happened("old_stop_requested"):
-        source = upgrade.private_cluster(old, old.datadir, old.bindir, _sock(plan_, "old-sock"))
-        upgrade.start_private(source, host, source.host)
+        source = services.private_cluster(old, old.datadir, old.bindir, _sock(plan_, "old-sock"))
+        services.start_private(source, host, source.host)
     try:
-        upgrade.start_private(new_private, host, new_private.host)
+        services.start_private(new_private, host, new_private.host)
         dump_dir = f"{work}/dump"
         host.run(["rm", "-rf", "--", dump_dir], user=old.os_user)
         upgrade.dump_restore(source, new_private, host, dump_dir, plan_["databases"], ctx.params["jobs"], new_inst)
@@ -639,7 +520,7 @@ def configure_new(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
 def start_new_private(ctx: RunContext, plan_: dict[str, Any]) -> None:
     new_private = _new_cluster(ctx, plan_, private=True)
     ctx.state.record("new_started")  # before the first start: from here the old cluster may be unusable (link)
-    upgrade.start_private(new_private, ctx.host, new_private.host)
+    services.start_private(new_private, ctx.host, new_private.host)
 
 
 # -- extension and validation ----------------------------------------------------------------------------
@@ -703,16 +584,6 @@ def health_check(ctx: RunContext, plan_: dict[str, Any]) -> list[dict[str, Any]]
     return rows
 
 
-def refresh_all(ctx: RunContext, cluster: Cluster, databases: list[str]) -> int:
-    n = 0
-    for db in checks.extension_databases(cluster, databases, ctx.profile):
-        with connect(cluster, db) as conn:
-            for entity in ctx.profile.entities(conn):
-                ctx.profile.refresh(conn, entity, force=True)
-                n += 1
-    return n
-
-
 def refresh_tviews(ctx: RunContext, plan_: dict[str, Any]) -> int:
     return refresh_all(ctx, _new_cluster(ctx, plan_, private=False), plan_["databases"])
 
@@ -768,7 +639,7 @@ def cutover_steps(method: str) -> list[tuple[str, Callable[[RunContext, dict[str
     )
     return [
         ("terminate_clients", terminate_clients),
-        ("snapshot_facts", snapshot),
+        ("snapshot_facts", snapshot_before),
         *transfer,
         ("configure_new", configure_new),
         ("start_new_private", start_new_private),
@@ -846,12 +717,12 @@ def rehearsal(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
             upgrade.run_pg_upgrade(argv, host, old.os_user, f"{root}/work", timeout=24 * 3600)
         else:
             upgrade.prepare_new_cluster(old, new_inst, scratch_new.datadir, options, host)
-            upgrade.start_private(scratch_new, host, sock_new)
+            services.start_private(scratch_new, host, sock_new)
             upgrade.dump_restore(
                 scratch_old, scratch_new, host, f"{root}/dump", plan_["databases"], ctx.params["jobs"], new_inst
             )
             Service(scratch_new, host).stop("fast")
-        upgrade.start_private(scratch_new, host, sock_new)
+        services.start_private(scratch_new, host, sock_new)
         diffs = facts.compare(before, facts.snapshot(scratch_new))
         if diffs:
             raise CheckFailed("rehearsal: facts differ after the upgrade: " + "; ".join(diffs[:10]))

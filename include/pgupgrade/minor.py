@@ -20,7 +20,18 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from pgupgrade import backup, checks, facts, installers, major, rollback, upgrade, versions
+from pgupgrade import (
+    backup,
+    checks,
+    clients,
+    entities,
+    facts,
+    installers,
+    recovery,
+    scratch,
+    services,
+    versions,
+)
 from pgupgrade.cluster import Service
 from pgupgrade.context import RunContext
 from pgupgrade.errors import CheckFailed, CommandError, ConfigError, PlanError, UnsafeState
@@ -98,7 +109,7 @@ FIELDS: list[Field] = [
 ]
 
 ROLLBACK_FIELDS: list[Field] = [
-    replace(f, default=DAG_ID) if f.name == "upgrade_dag_id" else f for f in rollback.FIELDS
+    replace(f, default=DAG_ID) if f.name == "upgrade_dag_id" else f for f in recovery.FIELDS
 ]
 
 _MINOR_RE = re.compile(r"^\d{1,2}\.\d{1,3}$")
@@ -242,7 +253,7 @@ def plan(ctx: RunContext, install_command: Any = None) -> dict[str, Any]:
         "other_clusters": others,
         "databases": dbs,
         "data_bytes": data_bytes,
-        "initdb": upgrade.matching_options(c).__dict__,  # for a restore from the backup by the rollback
+        "initdb": scratch.matching_options(c).__dict__,  # for a restore from the backup by the rollback
         "backup_dir": backup_dir,
         "space": space,
         "warnings": warnings,
@@ -363,7 +374,7 @@ def _check_space(ctx: RunContext, backup_dir: str, data_bytes: int) -> dict[str,
 
 def take_backup(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     """Globals + ``pg_dump -Fd`` (compressed) per database, verified readable by ``pg_restore -l``."""
-    manifest = major.take_backup(before(ctx, plan_), plan_)
+    manifest = backup.take_backup(before(ctx, plan_), plan_)
     return {k: manifest[k] for k in ("backup_dir", "total_bytes", "databases")}
 
 
@@ -394,7 +405,7 @@ def prefetch(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
 
 
 def queue_empty(ctx: RunContext, plan_: dict[str, Any]) -> bool:
-    return bool(major.queue_empty(before(ctx, plan_), plan_["databases"]))
+    return bool(entities.queue_empty(before(ctx, plan_), plan_["databases"]))
 
 
 # -- stop -----------------------------------------------------------------------------------------------
@@ -402,7 +413,7 @@ def queue_empty(ctx: RunContext, plan_: dict[str, Any]) -> bool:
 
 def stop_server(ctx: RunContext, plan_: dict[str, Any]) -> None:
     """Clean (fast) shutdown, confirmed down (journal: old_stop_requested, old_stopped)."""
-    major.stop_old(before(ctx, plan_))
+    services.stop_old(before(ctx, plan_))
 
 
 # -- install and start ------------------------------------------------------------------------------------
@@ -501,7 +512,7 @@ def validate_facts(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
     new_ctx = after(ctx, plan_)
     facts_before = ctx.state.load("facts_before")
     now = facts.snapshot(new_ctx.cluster, content=ctx.params["verify_content"])
-    now["extension"] = major.extension_facts(new_ctx.cluster, plan_["databases"], new_ctx)
+    now["extension"] = entities.extension_facts(new_ctx.cluster, plan_["databases"], new_ctx)
     ctx.state.save("facts_after", now)
     if now["server_version_num"] != plan_["new"]["version_num"]:
         raise CheckFailed(f"the server runs {now['server_version']}, not the target {plan_['new']['version']}")
@@ -523,7 +534,7 @@ def health_check(ctx: RunContext, plan_: dict[str, Any]) -> list[dict[str, Any]]
 
 def refresh_tviews(ctx: RunContext, plan_: dict[str, Any]) -> int:
     new_ctx = after(ctx, plan_)
-    return int(major.refresh_all(new_ctx, new_ctx.cluster, plan_["databases"]))
+    return int(entities.refresh_all(new_ctx, new_ctx.cluster, plan_["databases"]))
 
 
 def smoke_test(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
@@ -557,8 +568,8 @@ def cutover_steps() -> list[tuple[str, Callable[[RunContext, dict[str, Any]], An
     """The outage-critical section, run in one task process (as in the major upgrade): every step journaled
     under its own name."""
     return [
-        ("terminate_clients", lambda ctx, p: major.terminate_clients(before(ctx, p), p)),
-        ("snapshot_facts", lambda ctx, p: major.snapshot(before(ctx, p), p)),
+        ("terminate_clients", lambda ctx, p: clients.terminate_clients(before(ctx, p), p)),
+        ("snapshot_facts", lambda ctx, p: entities.snapshot_before(before(ctx, p), p)),
         ("stop_server", stop_server),
         ("install", install),
         ("start_new", start_new),
@@ -722,10 +733,10 @@ def data_dir_started(rc: RunContext) -> bool:
 def restore_from_backup(rc: RunContext) -> str:
     """Only when the data directory no longer starts on the previous release: the directory is moved aside
     (never deleted), a fresh cluster is initdb'd with the previous binaries and the backup restored. Refused
-    when data changed after the backup, unless accept_data_loss (rollback.data_loss_risks)."""
+    when data changed after the backup, unless accept_data_loss (recovery.data_loss_risks)."""
     plan_ = _upgrade_plan(rc)
     rc.state.record("restore_started")
-    aside = rollback.restore_from_backup(
+    aside = recovery.restore_from_backup(
         upgrade_state(rc), before(rc, plan_).cluster, rc.host, accept_data_loss=rc.params["accept_data_loss"]
     )
     rc.state.record("restored", moved_aside=aside)
@@ -744,7 +755,7 @@ def verify_previous(rc: RunContext) -> dict[str, Any]:
     if num != plan_["old"]["version_num"] or text != plan_["old"]["version_text"]:
         raise CheckFailed(f"the cluster runs {text!r}, the recorded release was {plan_['old']['version_text']!r}")
     expected = rc.state.load("facts_before_rollback") or up.load("facts_before")
-    if rc.state.happened("restored") and rollback.data_loss_risks(up):
+    if rc.state.happened("restored") and recovery.data_loss_risks(up):
         expected = (up.load("backup") or {}).get("facts", expected)
     if expected is None:
         return {"version": text, "facts_compared": False}
@@ -762,7 +773,7 @@ def rollback_refresh(rc: RunContext) -> int:
     if not plan_.get("old"):
         return 0
     prev = before(rc, plan_)
-    return int(major.refresh_all(prev, prev.cluster, plan_["databases"]))
+    return int(entities.refresh_all(prev, prev.cluster, plan_["databases"]))
 
 
 def rollback_open(rc: RunContext) -> list[str]:

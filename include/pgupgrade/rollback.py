@@ -19,56 +19,20 @@ bytes of WAL the new cluster has written since it opened, and with ``accept_data
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import re
 from dataclasses import replace
 from typing import Any
 
-from pgupgrade import backup, checks, facts, upgrade, versions
+from pgupgrade import backup, checks, facts, services, versions
 from pgupgrade.cluster import Cluster, Service
 from pgupgrade.commands import Host
 from pgupgrade.errors import CheckFailed, ConfigError, PgUpgradeError, UnsafeState
-from pgupgrade.params import Field
-from pgupgrade.scratch import InitdbOptions, initdb
+from pgupgrade.recovery import stop_new
+from pgupgrade.services import start_if_down
 from pgupgrade.sql import connect, fetch_named, psycopg2
 from pgupgrade.state import RunState
 
 log = logging.getLogger(__name__)
-
-FIELDS: list[Field] = [
-    Field(
-        "postgres_conn_id",
-        "string",
-        "pg_upgrade_target",
-        "Cluster connection",
-        "The cluster's Airflow postgres connection (as the upgrade run had it).",
-        "Cluster",
-        kind="conn_id",
-    ),
-    Field(
-        "upgrade_dag_id",
-        "string",
-        "pg15_to_pg16_upgrade",
-        "Upgrade DAG",
-        "The DAG of the run to roll back.",
-        "Run",
-        kind="conn_id",
-    ),
-    Field(
-        "upgrade_run_id", "string", "", "Upgrade run id", "The run to roll back (its journal decides the path).", "Run"
-    ),
-    Field(
-        "accept_data_loss",
-        "boolean",
-        False,
-        "Accept data loss",
-        "Allow a path that loses writes made after the backup or in the new cluster.",
-        "Safety",
-    ),
-    Field("reason", "string", "", "Reason", "Why (for the audit trail).", "Run"),
-]
-
 
 def assess(upgrade_state: RunState, old: Cluster, host: Host) -> tuple[str, str]:
     """(path, why) from the upgrade run's journal and the old data directory."""
@@ -85,7 +49,7 @@ def assess(upgrade_state: RunState, old: Cluster, host: Host) -> tuple[str, str]
         return "old_intact", f"{event.get('method')} {mode or ''} never writes the old data directory".replace(
             "  ", " "
         )
-    control = upgrade.pg_control_state(host, old.datadir, old.os_user)
+    control = services.pg_control_state(host, old.datadir, old.os_user)
     started = upgrade_state.happened("new_started")
     if mode == "link" and not started:
         if control["pg_control.old"] and not control["pg_control"]:
@@ -104,29 +68,6 @@ def assess(upgrade_state: RunState, old: Cluster, host: Host) -> tuple[str, str]
     if not plan:
         why += "; no plan on disk"
     return "restore_backup", why
-
-
-def data_loss_risks(
-    upgrade_state: RunState, opened_changes: list[str] | None = None, *, bridged: bool = False
-) -> list[str]:
-    """What going back would lose. ``opened_changes``: the differences between the new cluster now and its facts
-    when it opened (None: not measured, so any client write is assumed). ``bridged``: the old cluster's WAL
-    from the backup to its stop is at hand, so writes made after the backup are not lost."""
-    risks = []
-    if upgrade_state.happened("opened"):
-        if opened_changes is None:
-            risks.append("clients were let into the new cluster: their writes are not in the backup")
-        elif opened_changes:
-            risks.append("clients wrote to the new cluster since it opened: " + "; ".join(opened_changes[:5]))
-    manifest = upgrade_state.load("backup")
-    before = upgrade_state.load("facts_before")
-    if manifest is None:
-        risks.append("the upgrade run has no backup on record")
-    elif before is not None and not bridged:
-        diffs = facts.compare(manifest["facts"], before)
-        if diffs:
-            risks.append("data changed between the backup and the stop: " + "; ".join(diffs[:5]))
-    return risks
 
 
 def wal_since_open(upgrade_state: RunState, new: Cluster) -> dict[str, Any] | None:
@@ -222,23 +163,6 @@ def decide(upgrade_state: RunState, old: Cluster, host: Host, *, accept_data_los
     return decision
 
 
-def stop_if_running(cluster: Cluster, host: Host) -> bool:
-    svc = Service(cluster, host)
-    if host.run(["test", "-e", f"{cluster.datadir}/postmaster.pid"], check=False).exit_code == 0 and svc.is_running():
-        svc.stop("fast")
-        return True
-    return False
-
-
-def stop_new(upgrade_state: RunState, old: Cluster, host: Host) -> None:
-    plan = upgrade_state.load("plan") or {}
-    new = plan.get("new")
-    if new and upgrade_state.happened("new_initdb"):
-        exists = host.run(["test", "-e", f"{new['datadir']}/PG_VERSION"], check=False).exit_code == 0
-        if exists and stop_if_running(replace(old, bindir=new["bindir"], datadir=new["datadir"], confdir=None), host):
-            log.info("stopped the new cluster in %s", new["datadir"])
-
-
 def empty_unused_new(upgrade_state: RunState, old: Cluster, host: Host) -> bool:
     """The new data directory holds only initdb's output when no transfer began: emptied (the directory itself
     stays, it may be a mount point) so that a new run can use it. The caller has stopped the new cluster."""
@@ -265,131 +189,6 @@ def bring_back_old(path: str, upgrade_state: RunState, old: Cluster, host: Host)
         )
         log.info("renamed global/pg_control.old back to global/pg_control")
     start_if_down(old, host)
-
-
-def start_if_down(cluster: Cluster, host: Host) -> bool:
-    """Starts the cluster where its clients reach it when no postmaster serves it (stopped, or killed: crash
-    recovery runs); whether it had to."""
-    svc = Service(cluster, host)
-    if svc.is_running() and not svc.accepts_connections():
-        # e.g. the server pg_upgrade started in binary-upgrade mode on its private socket, left running when the
-        # worker was killed mid pg_upgrade
-        log.warning("the cluster runs but does not answer on its socket: stopping it to start it normally")
-        svc.stop("fast")
-    if svc.is_running():
-        return False
-    log.warning("no server runs in %s: starting it", cluster.datadir)
-    svc.start()
-    return True
-
-
-_WAL_FILE_RE = re.compile(r"[0-9A-F]{24}|[0-9A-F]{8}\.history")
-
-
-def wal_bridge(upgrade_state: RunState, datadir: str, host: Host) -> dict[str, Any] | None:
-    """The base backup and the old cluster's WAL from the backup's start to its stop, when the run took one
-    and ``datadir`` (the old data directory, or where it was moved aside) still holds the backup's first WAL
-    segment (the slot kept every later one). None otherwise."""
-    base = (upgrade_state.load("backup") or {}).get("base")
-    stopped = upgrade_state.first("old_stopped") or {}
-    if not base or not stopped.get("checkpoint_lsn"):
-        return None
-    if host.run(["test", "-f", f"{datadir}/pg_wal/{base['start_wal_file']}"], check=False).exit_code != 0:
-        log.warning("%s/pg_wal no longer holds %s: the base backup alone would miss writes", datadir,
-                    base["start_wal_file"])  # fmt: skip
-        return None
-    return {"base": base, "until_lsn": stopped["checkpoint_lsn"]}
-
-
-def carry_config_from(aside: str, old: Cluster, host: Host) -> None:
-    """The configuration files of the data directory moved aside into the rebuilt one: all of them when they
-    live in the data directory, else postgresql.auto.conf (ALTER SYSTEM; never WAL-logged, so neither a base
-    backup nor initdb has its latest state)."""
-    for name in ("postgresql.conf", "pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf"):
-        if not old.confdir or name == "postgresql.auto.conf":
-            host.run(["cp", "--", f"{aside}/{name}", f"{old.datadir}/{name}"], user=old.os_user, check=False)
-
-
-def restore_base(old: Cluster, host: Host, bridge: dict[str, Any], aside: str) -> dict[str, Any]:
-    """Rebuilds the old data directory from the base backup plus the WAL segments the old cluster wrote from the
-    backup's start on (copied from the directory moved aside; the backup itself is never changed), then starts
-    it where no client reaches it: crash recovery replays to the end of that WAL, which must reach the old
-    cluster's shutdown checkpoint. Stopped again; the caller starts it normally."""
-    base, user = bridge["base"], old.os_user
-    host.run(["rm", "-rf", "--", old.datadir], user=user)  # an earlier attempt of this rollback (the old one is aside)
-    host.run(["cp", "-a", "--", base["dir"], old.datadir], user=user)
-    host.run(["rm", "-f", "--", f"{old.datadir}/backup_manifest"], user=user)
-    names = host.run(["ls", "--", f"{aside}/pg_wal"], user=user).stdout.split()
-    wal = sorted(
-        n for n in names if _WAL_FILE_RE.fullmatch(n) and (n.endswith(".history") or n >= base["start_wal_file"])
-    )
-    for i in range(0, len(wal), 200):
-        host.run(["cp", "-t", f"{old.datadir}/pg_wal", "--", *(f"{aside}/pg_wal/{n}" for n in wal[i : i + 200])],
-                 user=user, timeout=3600)  # fmt: skip
-    carry_config_from(aside, old, host)
-    sock = upgrade.socket_path(f"{old.datadir}/rollback")
-    private = replace(old, host=sock, service="pg_ctl")
-    upgrade.start_private(private, host, sock)
-    try:
-        with connect(private) as conn:
-            reached = fetch_named(conn, "wal-since", {"since": bridge["until_lsn"]})[0]
-    finally:
-        Service(private, host).stop("fast")
-    if int(reached["bytes"]) < 0:
-        raise CheckFailed(
-            f"the rebuilt old cluster's WAL ends at {reached['lsn']}, before the old cluster's shutdown checkpoint "
-            f"{bridge['until_lsn']}: WAL is missing; it stays stopped (the old data directory is at {aside})"
-        )
-    log.info("old cluster rebuilt from %s and %d WAL files; replay reached %s (stopped at %s)", base["dir"],
-             len(wal), reached["lsn"], bridge["until_lsn"])  # fmt: skip
-    return {"wal_files": len(wal), "replayed_to": reached["lsn"], "stopped_at": bridge["until_lsn"]}
-
-
-def restore_from_backup(
-    upgrade_state: RunState,
-    old: Cluster,
-    host: Host,
-    *,
-    accept_data_loss: bool,
-    opened_changes: list[str] | None = None,
-) -> str:
-    moved = upgrade_state.first("old_moved_aside")
-    bridge = wal_bridge(upgrade_state, moved["to"] if moved else old.datadir, host)
-    risks = data_loss_risks(upgrade_state, opened_changes, bridged=bridge is not None)
-    manifest = upgrade_state.load("backup")
-    if manifest is None:
-        raise UnsafeState(
-            "no backup on record for the upgrade run: cannot restore; the old data directory is "
-            "left as it is for manual recovery"
-        )
-    if risks and not accept_data_loss:
-        raise UnsafeState("refusing to restore the backup: " + "; ".join(risks) + " (set accept_data_loss=true)")
-    if bridge is not None:
-        free, need = checks.free_bytes(host, old.datadir), int(bridge["base"]["bytes"])
-        if free < need:
-            raise UnsafeState(f"rebuilding the old cluster copies its base backup ({need} bytes) next to the old "
-                              f"data directory, where {free} bytes are free; nothing done")  # fmt: skip
-    plan = upgrade_state.load("plan")
-    stop_new(upgrade_state, old, host)
-    stop_if_running(old, host)
-    aside = f"{old.datadir}.failed-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}"
-    if not upgrade_state.happened("old_moved_aside"):
-        upgrade_state.record("old_moved_aside", to=aside)
-        host.run(["mv", "--", old.datadir, aside], user=old.os_user)
-    else:
-        aside = (upgrade_state.first("old_moved_aside") or {})["to"]
-    if bridge is not None:
-        upgrade_state.record("old_rebuilt", **restore_base(old, host, bridge, aside))
-        Service(old, host).start()
-        return aside
-    inst = versions.inspect(old.bindir, host)
-    if host.run(["test", "-e", f"{old.datadir}/PG_VERSION"], check=False).exit_code != 0:
-        host.run(["rm", "-rf", "--", old.datadir], user=old.os_user)  # a half-done initdb of this rollback
-        initdb(inst, old.datadir, InitdbOptions(**plan["initdb"]), os_user=old.os_user, host=host)
-        carry_config_from(aside, old, host)
-    Service(old, host).start()
-    backup.restore(old, host, manifest)
-    return aside
 
 
 def verify_old(upgrade_state: RunState, old: Cluster) -> dict[str, Any]:
@@ -423,22 +222,3 @@ def verify_old(upgrade_state: RunState, old: Cluster) -> dict[str, Any]:
     return out
 
 
-def write_report(ctx: Any, **extra: Any) -> dict[str, str]:
-    """A rollback run's report: its path and why, which upgrade run it undid, and what the caller adds."""
-    from pgupgrade import report
-
-    decision = ctx.state.load("decision") or {}
-    failed = [e for e in ctx.state.events() if e["event"] == "step" and e["status"] == "failed"]
-    rep = report.build(
-        ctx.state,
-        status="failed" if failed else "success",
-        extra={
-            "rollback_path": decision.get("path"),
-            "rollback_reason": decision.get("why"),
-            "accepted_data_loss": decision.get("accepted_data_loss"),
-            "upgrade_run": f"{ctx.params['upgrade_dag_id']}/{ctx.params['upgrade_run_id']}",
-            **extra,
-        },
-    )
-    json_path, md_path = report.write(ctx.state, rep)
-    return {"json": str(json_path), "markdown": str(md_path)}

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pgupgrade.cluster import Cluster, Service
 from pgupgrade.commands import Host, LocalHost
 from pgupgrade.errors import UnsafeState
+from pgupgrade.sql import connect, scalar
 from pgupgrade.versions import Installation
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,3 +116,26 @@ def log_tail(host: Host, service: Service, lines: int = 50) -> str:
         return ""
     res = host.run(["tail", "-n", str(lines), path], user=service.cluster.os_user, check=False, timeout=30)
     return res.stdout
+
+
+def matching_options(cluster: Cluster) -> InitdbOptions:
+    """What initdb of the new cluster must share with the old one for pg_upgrade to accept it."""
+    with connect(cluster) as conn:
+        encoding = scalar(conn, "SHOW server_encoding")
+        collate, ctype = _one(conn, "SELECT datcollate, datctype FROM pg_database WHERE datname = 'template1'")
+        checksums = scalar(conn, "SHOW data_checksums") == "on"
+        segsize = scalar(conn, "SELECT setting::bigint / 1048576 FROM pg_settings WHERE name = 'wal_segment_size'")
+        superuser = scalar(conn, "SELECT rolname FROM pg_roles WHERE oid = 10")
+    if collate != ctype:
+        log.warning("template1 has lc_collate %s and lc_ctype %s; initdb uses lc_collate for both", collate, ctype)
+    return InitdbOptions(
+        encoding=encoding, locale=collate, checksums=checksums, wal_segsize_mb=int(segsize), superuser=superuser
+    )
+
+
+def _one(conn: Any, query: str) -> tuple[Any, ...]:
+    with conn.cursor() as cur:
+        cur.execute(query)
+        row = cur.fetchone()
+    assert row is not None
+    return tuple(row)

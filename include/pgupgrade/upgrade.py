@@ -3,16 +3,14 @@ configuration over correctly."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgupgrade.cluster import Cluster, Service
+from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host, Result
-from pgupgrade.errors import CheckFailed, UnsafeState
 from pgupgrade.scratch import InitdbOptions, initdb
 from pgupgrade.sql import connect, scalar
 from pgupgrade.versions import Installation
@@ -23,29 +21,6 @@ TRANSFER_MODES = ("link", "copy", "clone", "swap")
 # Settings that name files or identify the cluster: rewritten, never copied verbatim between majors.
 PATH_SETTINGS = ("data_directory", "hba_file", "ident_file", "external_pid_file", "config_file")
 _LINE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*(.*?)\s*$")
-
-
-def matching_options(cluster: Cluster) -> InitdbOptions:
-    """What initdb of the new cluster must share with the old one for pg_upgrade to accept it."""
-    with connect(cluster) as conn:
-        encoding = scalar(conn, "SHOW server_encoding")
-        collate, ctype = _one(conn, "SELECT datcollate, datctype FROM pg_database WHERE datname = 'template1'")
-        checksums = scalar(conn, "SHOW data_checksums") == "on"
-        segsize = scalar(conn, "SELECT setting::bigint / 1048576 FROM pg_settings WHERE name = 'wal_segment_size'")
-        superuser = scalar(conn, "SELECT rolname FROM pg_roles WHERE oid = 10")
-    if collate != ctype:
-        log.warning("template1 has lc_collate %s and lc_ctype %s; initdb uses lc_collate for both", collate, ctype)
-    return InitdbOptions(
-        encoding=encoding, locale=collate, checksums=checksums, wal_segsize_mb=int(segsize), superuser=superuser
-    )
-
-
-def _one(conn: Any, query: str) -> tuple[Any, ...]:
-    with conn.cursor() as cur:
-        cur.execute(query)
-        row = cur.fetchone()
-    assert row is not None
-    return tuple(row)
 
 
 def parse_conf(text: str) -> list[tuple[str, str]]:
@@ -213,31 +188,6 @@ def output_logs(host: Host, new_datadir: str, user: str, max_chars: int = 20000)
     return logs
 
 
-def private_cluster(cluster: Cluster, datadir: str, bindir: str, socket_dir: str) -> Cluster:
-    """The same cluster reachable only through a private socket directory (listen_addresses='')."""
-    return replace(cluster, bindir=bindir, datadir=datadir, host=socket_dir, confdir=None)
-
-
-def socket_path(key: str) -> str:
-    """A short private socket directory for key: Unix socket paths are limited to 107 bytes."""
-    return f"/tmp/pgupgrade-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-def make_socket_dir(host: Host, path: str, user: str) -> str:
-    host.run(["mkdir", "-p", "-m", "0700", path], user=user)
-    owner = host.run(["stat", "-c", "%U:%a", path], user=user).stdout.strip()
-    if owner != f"{user}:700":
-        raise UnsafeState(f"socket directory {path} is {owner}, expected {user}:700; remove it")
-    return path
-
-
-def start_private(cluster: Cluster, host: Host, socket_dir: str) -> None:
-    make_socket_dir(host, socket_dir, cluster.os_user)
-    Service(cluster, host).start(
-        options=f"-c listen_addresses='' -c unix_socket_directories='{socket_dir}' -c port={int(cluster.port)}"
-    )
-
-
 def dump_restore(
     old_private: Cluster,
     new_private: Cluster,
@@ -255,17 +205,3 @@ def dump_restore(
     return manifest
 
 
-def checkpoint_lsn(cluster: Cluster, host: Host) -> str:
-    """The stopped cluster's latest checkpoint location (pg_controldata)."""
-    out = host.run([cluster.bin("pg_controldata"), "-D", cluster.datadir], user=cluster.os_user).stdout
-    for line in out.splitlines():
-        if line.startswith("Latest checkpoint location:"):
-            return line.split(":", 1)[1].strip()
-    raise CheckFailed(f"pg_controldata of {cluster.datadir} names no latest checkpoint location")
-
-
-def pg_control_state(host: Host, datadir: str, user: str) -> dict[str, bool]:
-    def ex(p: str) -> bool:
-        return host.run(["test", "-e", f"{datadir}/{p}"], user=user, check=False).exit_code == 0
-
-    return {"pg_control": ex("global/pg_control"), "pg_control.old": ex("global/pg_control.old")}

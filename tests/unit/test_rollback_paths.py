@@ -1,6 +1,6 @@
 """Which way back the major rollback takes from what is on disk (no server needed): the WAL bridge of link mode."""
 
-from pgupgrade import rollback
+from pgupgrade import recovery
 from pgupgrade.commands import LocalHost
 from pgupgrade.state import RunState
 
@@ -28,18 +28,18 @@ def test_bridge_needs_the_base_backup_the_stop_lsn_and_the_first_wal_segment(tmp
     (old / "pg_wal").mkdir(parents=True)
     host = LocalHost()
     st = _state(tmp_path)
-    assert rollback.wal_bridge(st, str(old), host) is None  # the segment was removed
+    assert recovery.wal_bridge(st, str(old), host) is None  # the segment was removed
     (old / "pg_wal" / START).write_bytes(b"\0" * 16)
-    bridge = rollback.wal_bridge(st, str(old), host)
+    bridge = recovery.wal_bridge(st, str(old), host)
     assert bridge is not None and bridge["until_lsn"] == "0/6000028"
-    assert rollback.wal_bridge(_state(tmp_path, base=False), str(old), host) is None  # copy/dump mode: no base
-    assert rollback.wal_bridge(_state(tmp_path, stopped=False), str(old), host) is None
+    assert recovery.wal_bridge(_state(tmp_path, base=False), str(old), host) is None  # copy/dump mode: no base
+    assert recovery.wal_bridge(_state(tmp_path, stopped=False), str(old), host) is None
 
 
 def test_writes_after_the_backup_are_a_risk_only_without_the_bridge(tmp_path):
     st = _state(tmp_path)
-    risks = rollback.data_loss_risks(st)
+    risks = recovery.data_loss_risks(st)
     assert len(risks) == 1 and "data changed between the backup and the stop" in risks[0], risks
-    assert rollback.data_loss_risks(st, bridged=True) == []
+    assert recovery.data_loss_risks(st, bridged=True) == []
     st.record("opened", roles=[], wal_lsn="0/7000000")
-    assert any("clients were let into the new cluster" in r for r in rollback.data_loss_risks(st, bridged=True))
+    assert any("clients were let into the new cluster" in r for r in recovery.data_loss_risks(st, bridged=True))

@@ -1,0 +1,75 @@
+"""TODO docstring."""
+
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+from pgupgrade import checks
+from pgupgrade.context import RunContext
+from pgupgrade.entities import queue_empty
+from pgupgrade.errors import CheckFailed
+from pgupgrade.sql import connect, scalar
+
+log = logging.getLogger(__name__)
+
+
+def block_logins(ctx: RunContext) -> list[str]:
+    roles = sorted(set(ctx.state.load("blocked_roles", [])) | set(checks.block_logins(ctx.cluster)))
+    ctx.state.save("blocked_roles", roles)
+    ctx.state.record("logins_blocked", roles=roles)
+    return roles
+
+
+def clients_gone(ctx: RunContext) -> bool:
+    """Sensor poke: no client sessions left, or the grace period (terminate_after_s) is over — the cutover then
+    terminates whoever is left as its first act, so the clients' outage starts inside one task."""
+    sessions = checks.client_sessions(ctx.cluster)
+    if not sessions:
+        return True
+    grace = ctx.params["terminate_after_s"]
+    blocked = ctx.state.first("logins_blocked")
+    since = dt.datetime.fromisoformat(blocked["at"]) if blocked else dt.datetime.now(dt.UTC)
+    waited = (dt.datetime.now(dt.UTC) - since).total_seconds()
+    log.info(
+        "%d client sessions left after %.0fs: %s",
+        len(sessions),
+        waited,
+        ", ".join(f"{s['usename']}@{s['datname']} pid {s['pid']}" for s in sessions[:10]),
+    )
+    if grace >= 0 and waited >= grace:
+        log.warning(
+            "%d client sessions left after the %ss grace period: the cutover terminates them", len(sessions), grace
+        )
+        return True
+    return False
+
+
+def terminate_clients(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
+    """First step of the cutover: a checkpoint while clients still work, then terminate the sessions left after
+    the grace period, then wait (bounded by queue_wait_timeout_s) until no client is connected and the
+    extension's queue is empty."""
+    with connect(ctx.cluster) as conn:
+        scalar(conn, "CHECKPOINT")  # the shutdown checkpoint then has little left to write
+    ctx.state.record("cutover_started")
+    terminated = 0
+    if checks.client_sessions(ctx.cluster):
+        if ctx.params["terminate_after_s"] < 0:
+            raise CheckFailed("client sessions are connected and terminate_after_s is -1 (never terminate)")
+        terminated = checks.terminate_clients(ctx.cluster)
+        ctx.state.record("clients_terminated", count=terminated)
+        log.warning("terminated %d client sessions", terminated)
+    deadline = time.monotonic() + ctx.params["queue_wait_timeout_s"]
+    while True:
+        left = checks.client_sessions(ctx.cluster)
+        if not left and queue_empty(ctx, plan_["databases"]):
+            return {"terminated": terminated}
+        if time.monotonic() > deadline:
+            raise CheckFailed(
+                f"{len(left)} client sessions or a non-empty queue after queue_wait_timeout_s="
+                f"{ctx.params['queue_wait_timeout_s']}s"
+            )
+        time.sleep(0.1)
