@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from pgupgrade import plans
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
+from pgupgrade.errors import UnsafeState
 from pgupgrade.profiles import ExtensionProfile
 from pgupgrade.state import ClusterLock, RunState
+
+P = TypeVar("P")
 
 
 @dataclass
@@ -21,6 +25,17 @@ class RunContext:
     state: RunState
     profile: ExtensionProfile
     spec: dict[str, Any] = field(default_factory=dict)  # fixed by the DAG factory (e.g. from/to major)
+    _plans: dict[type, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def plan(self, cls: type[P]) -> P:
+        """This run's recorded plan as its runbook's type, read once per context."""
+        if cls not in self._plans:
+            data = self.state.load("plan")
+            if data is None:
+                raise UnsafeState(f"no plan recorded for run {self.dag_id}/{self.run_id}: the plan task runs first")
+            self._plans[cls] = plans.from_json(cls, data)
+        plan: P = self._plans[cls]
+        return plan
 
     @property
     def lock(self) -> ClusterLock:

@@ -3,6 +3,7 @@ cluster lock to the rollback run, trigger it, and fail the run at the end when a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ from typing import Any
 from airflow.sdk import Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from pgupgrade import profiles
+from pgupgrade import plans, profiles
 from pgupgrade.airflow.connections import cluster_from_conn_id, host_for
 from pgupgrade.context import RunContext
 from pgupgrade.errors import ConfigError, PgUpgradeError
@@ -589,7 +590,7 @@ def plan_phase(
     fields: list[Field],
     spec: dict[str, Any] | None,
     rollback_dag_id: str,
-    make_plan: Callable[[RunContext], dict[str, Any]],
+    make_plan: Callable[[RunContext], Any],
     plan_doc: str,
     cross_checks: Callable[[dict[str, Any]], Any] | None = None,
 ) -> tuple[Any, Any]:
@@ -610,7 +611,8 @@ def plan_phase(
     )
 
     def _plan(rc: RunContext) -> dict[str, Any]:
-        rc.state.save("plan", make_plan(rc))
+        made = make_plan(rc)  # a runbook's typed plan (a dataclass), or plans.AlreadyThere
+        rc.state.save("plan", plans.to_json(made) if dataclasses.is_dataclass(made) else made)
         return dict(rc.state.load("plan"))
 
     plan = step_task("plan", _plan, fields, spec=spec, doc=plan_doc)
