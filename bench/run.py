@@ -266,7 +266,7 @@ time. Further cuts would mean fewer DAGs per file or lighter Params; not done.
   compression only costs CPU) and without checksumming it. Debian's pgcopydb 0.10 fails on this
   schema (seen by hand on 2026-11-25: `ERROR: cannot copy to sequence "pg_tviews_queue_id_seq"`, the extension's
   own sequence; its interleaved log is then not valid UTF-8): the best hand-tuned figure is then `pg_dump -Fd`.
-- **pg_upgrade step**: the DAG's own command (`pgupgrade.upgrade.pg_upgrade_argv`, link mode) on a stopped copy;
+- **pg_upgrade step**: the DAG's own command (`pgupgrade.major.transfer.pg_upgrade_argv`, link mode) on a stopped copy;
   relation points add that many empty tables (`max_locks_per_transaction=1024` so pg_dump can lock them all).
 - **Parse time**: in a fresh process that imported Airflow (and froze the garbage collector, as the
   dag-processor's manager does), each file of `dags/` parsed (`DagBag`) in a child forked for it: per-file

@@ -22,11 +22,11 @@ from typing import Any
 
 import requests
 
-import pgupgrade.upgrade as upgrade
 from bench.clusters import clone, home_of, teardown
 from pgupgrade import scratch, services
 from pgupgrade.cluster import Cluster, Service
 from pgupgrade.errors import CommandError
+from pgupgrade.major import transfer
 from pgupgrade.scratch import create_cluster, initdb
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState
@@ -485,9 +485,9 @@ def pg_upgrade_step(env: Env, tag: str, *, jobs: int, relations: int = 0, templa
         new16, new_dir = installation(NEW), _new_datadir(old)
         options = scratch.matching_options(old)
         Service(old, HOST).stop("fast")
-        upgrade.prepare_new_cluster(old, new16, new_dir, options, HOST)
+        transfer.prepare_new_cluster(old, new16, new_dir, options, HOST)
         sock = services.make_socket_dir(HOST, str(home_of(old) / "upsock"), OS_USER)
-        argv = upgrade.pg_upgrade_argv(
+        argv = transfer.pg_upgrade_argv(
             old,
             new16,
             new_dir,
@@ -498,7 +498,7 @@ def pg_upgrade_step(env: Env, tag: str, *, jobs: int, relations: int = 0, templa
             old_port=old.port,
             new_port=old.port + 1,
         )
-        res = upgrade.run_pg_upgrade(argv, HOST, OS_USER, _work(old), timeout=3 * 3600)
+        res = transfer.run_pg_upgrade(argv, HOST, OS_USER, _work(old), timeout=3 * 3600)
         return {"seconds": res.duration_s}
     finally:
         teardown(old)

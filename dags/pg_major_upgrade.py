@@ -85,25 +85,24 @@ from typing import Any
 
 from airflow.sdk import DAG, TaskGroup, TriggerRule, task
 
-from pgupgrade import backup, clients, entities, major
+from pgupgrade import clients, entities
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import notifiers
 from pgupgrade.airflow import runtime as rt
 from pgupgrade.airflow import schedule as sched
 from pgupgrade.airflow import windows as aw
+from pgupgrade.major import after, cutover, fields, prepare
+from pgupgrade.major import plan as major_plan
+from pgupgrade.major.model import MajorPlan, Method
 
 ROLLBACK_DAG_ID = "pg_major_upgrade_rollback"
-
-
-def _plan(rc: Any) -> dict[str, Any]:
-    return rc.state.load("plan")
 
 
 def build(from_major: int | None, to_major: int | None) -> DAG:
     """One DAG per guide; with no majors given, the generic DAG (any supported major → target_major)."""
     spec = {"from_major": from_major, "to_major": to_major}
     dag_id = f"pg{from_major}_to_pg{to_major}_upgrade" if from_major else "pg_major_upgrade"
-    F = major.FIELDS if from_major else [*major.FIELDS, major.TARGET_MAJOR]
+    F = fields.FIELDS if from_major else [*fields.FIELDS, fields.TARGET_MAJOR]
     what = f"PostgreSQL {from_major} → {to_major}" if from_major else "PostgreSQL N → target_major (skipping majors)"
 
     def step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
@@ -122,21 +121,21 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 F,
                 spec,
                 ROLLBACK_DAG_ID,
-                major.plan,
+                major_plan.plan,
                 "Support matrix, blockers, extensions, space, method, estimate. No side effects.",
-                major.cross_checks,
+                fields.cross_checks,
             )
 
         with TaskGroup("prepare") as g_prepare:
             bkp = step(
                 "backup",
-                lambda rc: backup.take_backup(rc, _plan(rc)),
+                prepare.take_backup,
                 "Globals + pg_dump -Fd -j N per database, verified with pg_restore -l, checksummed; link/swap: "
                 "also a base backup whose replication slot keeps the old cluster's WAL (the way back).",
             )
             rehearse = step(
                 "rehearsal",
-                lambda rc: major.rehearsal(rc, _plan(rc)),
+                prepare.rehearsal,
                 "Optional: the same upgrade on a scratch copy restored from the backup.",
             )
             bkp >> rehearse
@@ -144,19 +143,19 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
         with TaskGroup("stop") as g_stop:
             window = step(
                 "window_guard",
-                lambda rc: aw.window_guard(rc, _plan(rc)["outage_estimate_s"]),
+                lambda ctx: aw.window_guard(ctx, ctx.plan(MajorPlan).outage_estimate_s),
                 "Refuses to start the outage when the estimate does not fit the window.",
             )
             init = step(
                 "init_new",
-                lambda rc: major.init_new(rc, _plan(rc)),
+                prepare.init_new,
                 "initdb of the new cluster matching the old one (locale, encoding, checksums, WAL segment "
                 "size), before the outage.",
             )
             stop_apps = rt.hook_task("stop_applications", F, spec, "Admin-configured hook (Variable pgupgrade_hooks).")
             alert = step(
                 "notify_outage_start",
-                lambda rc: notifiers.send("outage_start", rc.dag_id, rc.run_id, rc.cluster.name, None),
+                lambda ctx: notifiers.send("outage_start", ctx.dag_id, ctx.run_id, ctx.cluster.name, None),
                 "Alerts the configured channels (Variable pgupgrade_notify) that the outage starts.",
             )
             block = step("block_logins", clients.block_logins, "NOLOGIN for every login role but ours (recorded).")
@@ -170,7 +169,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
             )
             queue = rt.sensor_task(
                 "wait_queue_empty",
-                lambda rc: entities.queue_empty(rc, _plan(rc)["databases"]),
+                lambda ctx: entities.queue_empty(ctx, ctx.plan(MajorPlan).databases),
                 F,
                 spec,
                 "queue_wait_timeout_s",
@@ -185,13 +184,10 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 """Follows the method the plan chose before the outage."""
                 return f"upgrade.{plan_['method']}"
 
-            def cutover(method: str) -> list[tuple[str, Any]]:
-                return [(name, lambda rc, fn=fn: fn(rc, _plan(rc))) for name, fn in major.cutover_steps(method)]
-
             branch = choose_method(plan)
             pgu = rt.steps_task(
                 "pg_upgrade",
-                cutover("pg_upgrade"),
+                cutover.cutover_steps(Method.PG_UPGRADE),
                 F,
                 spec=spec,
                 doc="The outage-critical section in one process: terminate_clients, snapshot_facts, stop_old, "
@@ -200,7 +196,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
             )
             dr = rt.steps_task(
                 "dump_restore",
-                cutover("dump_restore"),
+                cutover.cutover_steps(Method.DUMP_RESTORE),
                 F,
                 spec=spec,
                 doc="The outage-critical section in one process: terminate_clients, snapshot_facts, "
@@ -219,12 +215,12 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
             )
             app_health = rt.app_health_task(F, spec)
-            rf = step("refresh_tviews", lambda rc: major.refresh_tviews(rc, _plan(rc)), "Refresh every TVIEW (force).")
-            an = step("analyze", lambda rc: major.analyze(rc, _plan(rc)), "vacuumdb --analyze-in-stages.")
-            pf = step("performance", lambda rc: major.performance(rc, _plan(rc)), "TVIEW scan times vs before.")
+            rf = step("refresh_tviews", after.refresh_tviews, "Refresh every TVIEW (force).")
+            an = step("analyze", after.analyze, "vacuumdb --analyze-in-stages.")
+            pf = step("performance", after.performance, "TVIEW scan times vs before.")
             start_apps >> app_health >> rf >> an >> pf
 
-        rep = step("report", lambda rc: major.write_report(rc, "success"), "JSON + Markdown report.")
+        rep = step("report", lambda ctx: after.write_report(ctx, "success"), "JSON + Markdown report.")
         g_plan >> g_prepare >> g_stop >> g_upgrade >> g_after >> rep
         gate >> g_prepare
         rt.failure_tail(dag, ROLLBACK_DAG_ID, F)

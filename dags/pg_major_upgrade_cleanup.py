@@ -39,10 +39,10 @@ import datetime as dt
 
 from airflow.sdk import DAG, TriggerRule, task
 
-from pgupgrade import major
 from pgupgrade.airflow import runtime as rt
+from pgupgrade.major import cleanup, fields
 
-F = major.CLEANUP_FIELDS
+F = fields.CLEANUP_FIELDS
 
 with DAG(
     dag_id="pg_major_upgrade_cleanup",
@@ -57,15 +57,18 @@ with DAG(
 ) as dag:
     validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
     lock = rt.step_task(
-        "acquire_lock", lambda rc: rc.lock.acquire(rc.dag_id, rc.run_id, rt.dagrun_alive), F, doc="Per-cluster lock."
+        "acquire_lock",
+        lambda ctx: ctx.lock.acquire(ctx.dag_id, ctx.run_id, rt.dagrun_alive),
+        F,
+        doc="Per-cluster lock.",
     )
-    check = rt.step_task("check", major.cleanup_check, F, doc="Confirmation, minimum age, new running, old stopped.")
-    delete = rt.step_task("delete_old_cluster", major.delete_old_cluster, F, doc="delete_old_cluster.sh, then rm.")
+    check = rt.step_task("check", cleanup.cleanup_check, F, doc="Confirmation, minimum age, new running, old stopped.")
+    delete = rt.step_task("delete_old_cluster", cleanup.delete_old_cluster, F, doc="delete_old_cluster.sh, then rm.")
 
     @task(task_id="release_lock", trigger_rule=TriggerRule.ALL_DONE)
     def release_lock() -> str:
-        rc = rt.run_context(F)
-        rc.lock.release(rc.dag_id, rc.run_id)
+        ctx = rt.run_context(F)
+        ctx.lock.release(ctx.dag_id, ctx.run_id)
         failed = rt.failed_tasks()
         if failed:
             raise rt.AirflowFailException(f"tasks failed: {', '.join(failed)}")

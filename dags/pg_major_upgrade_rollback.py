@@ -42,16 +42,17 @@ from typing import Any
 
 from airflow.sdk import TriggerRule, task
 
-from pgupgrade import recovery, rollback
+from pgupgrade import recovery
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import runtime as rt
-from pgupgrade.state import RunState
+from pgupgrade.major import rollback
+from pgupgrade.state import RunJournal
 
 F = recovery.FIELDS
 
 
-def _upgrade_state(rc: Any) -> RunState:
-    return RunState.for_run(rc.params["upgrade_dag_id"], rc.params["upgrade_run_id"])
+def _upgrade_state(ctx: Any) -> RunJournal:
+    return ctx.run_of(ctx.params["upgrade_dag_id"], ctx.params["upgrade_run_id"])
 
 
 def _step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
@@ -68,51 +69,56 @@ with ad.rollback_dag(
     validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
     lock = _step(
         "take_lock",
-        lambda rc: rc.lock.acquire(
-            rc.dag_id, rc.run_id, rt.dagrun_alive, heir_of=(rc.params["upgrade_dag_id"], rc.params["upgrade_run_id"])
+        lambda ctx: ctx.lock.acquire(
+            ctx.dag_id,
+            ctx.run_id,
+            rt.dagrun_alive,
+            heir_of=(ctx.params["upgrade_dag_id"], ctx.params["upgrade_run_id"]),
         ),
         "Takes the cluster lock over from the upgrade run.",
     )
 
     @task.branch(task_id="assess", doc_md="Chooses the path from the journal and the old data directory.")
     def assess() -> str:
-        rc = rt.run_context(F)
+        ctx = rt.run_context(F)
         decision = rt.journaled(
-            rc.state,
+            ctx.state,
             "assess",
             lambda: rollback.decide(
-                _upgrade_state(rc), rc.cluster, rc.host, accept_data_loss=rc.params["accept_data_loss"]
+                _upgrade_state(ctx), ctx.cluster, ctx.host, accept_data_loss=ctx.params["accept_data_loss"]
             ),
         )
-        rc.state.save("decision", decision)
+        ctx.state.save("decision", decision)
         print(f"rollback path: {decision['path']} — {decision['why']}")
-        return "restore_from_backup" if decision["path"] == "restore_backup" else "bring_back_old"
+        return "restore_from_backup" if decision["path"] == rollback.RollbackPath.RESTORE_BACKUP else "bring_back_old"
 
     back = _step(
         "bring_back_old",
-        lambda rc: rollback.bring_back_old(rc.state.load("decision")["path"], _upgrade_state(rc), rc.cluster, rc.host),
+        lambda ctx: rollback.bring_back_old(
+            ctx.state.load("decision")["path"], _upgrade_state(ctx), ctx.cluster, ctx.host
+        ),
         "Stops the new cluster, restores pg_control if needed, starts the old one (logins still blocked).",
     )
     restore = _step(
         "restore_from_backup",
-        lambda rc: recovery.restore_from_backup(
-            _upgrade_state(rc),
-            rc.cluster,
-            rc.host,
-            accept_data_loss=rc.params["accept_data_loss"],
-            opened_changes=rc.state.load("decision").get("opened_changes"),
+        lambda ctx: recovery.restore_from_backup(
+            _upgrade_state(ctx),
+            ctx.cluster,
+            ctx.host,
+            accept_data_loss=ctx.params["accept_data_loss"],
+            opened_changes=ctx.state.load("decision").get("opened_changes"),
         ),
         "Old data directory moved aside; rebuilt from the base backup + its WAL, or initdb + logical backup.",
     )
     verify = _step(
         "verify_old",
-        lambda rc: rollback.verify_old(_upgrade_state(rc), rc.cluster),
+        lambda ctx: rollback.verify_old(_upgrade_state(ctx), ctx.cluster),
         "The old version serves with facts equal to the snapshot; then logins are given back.",
         trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
     )
     report = _step(
         "report",
-        lambda rc: recovery.write_report(rc),
+        lambda ctx: recovery.write_report(ctx),
         "JSON + Markdown report with the path and why.",
         trigger_rule=TriggerRule.ALL_DONE,
     )

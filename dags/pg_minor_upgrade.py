@@ -84,22 +84,26 @@ from typing import Any
 
 from airflow.sdk import TaskGroup
 
-from pgupgrade import clients, minor
+from pgupgrade import clients
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import runtime as rt
 from pgupgrade.airflow import schedule as sched
 from pgupgrade.airflow import windows as aw
+from pgupgrade.context import RunContext
+from pgupgrade.minor import after, cutover, fields, prepare
+from pgupgrade.minor import plan as minor_plan
+from pgupgrade.plans import AlreadyThere
 
-F = minor.FIELDS
+F = fields.FIELDS
 
 
-def _plan(rc: Any) -> dict[str, Any]:
-    return rc.state.load("plan")
-
-
-def _make_plan(rc: Any) -> dict[str, Any]:
-    command = rt.admin_json_variable(minor.INSTALL_COMMAND_VARIABLE) if rc.params["installer"] == "command" else None
-    return minor.plan(rc, install_command=command)
+def _make_plan(ctx: RunContext) -> minor_plan.MinorPlan | AlreadyThere:
+    command = (
+        rt.admin_json_variable(fields.INSTALL_COMMAND_VARIABLE)
+        if ctx.params["installer"] == fields.Installer.COMMAND
+        else None
+    )
+    return minor_plan.plan(ctx, install_command=command)
 
 
 def step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
@@ -111,44 +115,44 @@ def sensor(task_id: str, fn: Any, timeout_param: str, doc: str) -> Any:
 
 
 with ad.upgrade_dag(
-    minor.DAG_ID,
+    fields.DAG_ID,
     description="PostgreSQL minor release (same major): bindir | apt | command installer, automatic rollback",
     doc_md=__doc__,
     tags=["upgrade", "minor"],
     fields=F,
-    rollback_dag_id=minor.ROLLBACK_DAG_ID,
+    rollback_dag_id=fields.ROLLBACK_DAG_ID,
 ) as dag:
     with TaskGroup("plan") as g_plan:
         plan, gate = rt.plan_phase(
             F,
             None,
-            minor.ROLLBACK_DAG_ID,
+            fields.ROLLBACK_DAG_ID,
             _make_plan,
             "Same major, newer; the installer can deliver the target and the rollback "
             "the running release; space; other clusters on the same binaries. No side effects.",
-            minor.validate_params,
+            fields.validate_params,
         )
 
     with TaskGroup("pre_upgrade") as g_pre:
         bkp = step(
             "backup",
-            lambda rc: minor.take_backup(rc, _plan(rc)),
+            prepare.take_backup,
             "Globals + compressed pg_dump -Fd per database, verified with pg_restore -l, checksummed.",
         )
         pre = step(
             "pre_checks",
-            lambda rc: minor.pre_checks(rc, _plan(rc)),
+            prepare.pre_checks,
             "health-check.sql must pass; version() and pg_tviews_version() recorded.",
         )
         queue = sensor(
             "wait_queue_empty",
-            lambda rc: minor.queue_empty(rc, _plan(rc)),
+            prepare.queue_empty,
             "queue_wait_timeout_s",
             "The extension's queue is empty before the outage starts.",
         )
         fetch = step(
             "prefetch",
-            lambda rc: minor.prefetch(rc, _plan(rc)),
+            prepare.prefetch,
             "apt: download the target packages now, so that the outage holds only their unpacking.",
         )
         bkp >> pre >> fetch >> queue
@@ -156,7 +160,7 @@ with ad.upgrade_dag(
     with TaskGroup("stop") as g_stop:
         window = step(
             "window_guard",
-            lambda rc: aw.window_guard(rc, _plan(rc)["outage_estimate_s"]),
+            lambda ctx: aw.window_guard(ctx, ctx.plan(minor_plan.MinorPlan).outage_estimate_s),
             "Refuses to start the outage when the estimate does not fit the window.",
         )
         block = step("block_logins", clients.block_logins, "NOLOGIN for every login role but ours (recorded).")
@@ -168,25 +172,25 @@ with ad.upgrade_dag(
         )
         drained = sensor(
             "wait_queue_drained",
-            lambda rc: minor.queue_empty(rc, _plan(rc)),
+            prepare.queue_empty,
             "queue_wait_timeout_s",
             "The queue is still empty now that no client can write.",
         )
         window >> block >> no_clients >> drained
 
-    cutover = rt.steps_task(
+    cutover_task = rt.steps_task(
         "cutover",
-        [(name, lambda rc, fn=fn: fn(rc, _plan(rc))) for name, fn in minor.cutover_steps()],
+        cutover.cutover_steps(),
         F,
         doc="The outage-critical section in one process: terminate_clients, snapshot_facts, stop_server, "
         "install, start_new, validate_facts, health_check, smoke_test, open_to_clients.",
     )
 
     with TaskGroup("after") as g_after:
-        step("refresh_tviews", lambda rc: minor.refresh_tviews(rc, _plan(rc)), "Refresh every TVIEW (force).")
+        step("refresh_tviews", after.refresh_tviews, "Refresh every TVIEW (force).")
 
-    rep = step("report", lambda rc: minor.write_report(rc, "success"), "JSON + Markdown report.")
-    g_plan >> g_pre >> g_stop >> cutover >> g_after >> rep
+    rep = step("report", after.write_report, "JSON + Markdown report.")
+    g_plan >> g_pre >> g_stop >> cutover_task >> g_after >> rep
     gate >> g_pre
-    rt.failure_tail(dag, minor.ROLLBACK_DAG_ID, F)
+    rt.failure_tail(dag, fields.ROLLBACK_DAG_ID, F)
     sched.scheduled_dispatch(F, before=g_plan)

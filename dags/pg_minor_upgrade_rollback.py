@@ -43,11 +43,12 @@ from typing import Any
 
 from airflow.sdk import TriggerRule, task
 
-from pgupgrade import minor, recovery
+from pgupgrade import recovery
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import runtime as rt
+from pgupgrade.minor import fields, rollback
 
-F = minor.ROLLBACK_FIELDS
+F = fields.ROLLBACK_FIELDS
 
 
 def _step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
@@ -55,7 +56,7 @@ def _step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
 
 
 with ad.rollback_dag(
-    minor.ROLLBACK_DAG_ID,
+    fields.ROLLBACK_DAG_ID,
     description="Back to the minor release recorded by the upgrade run; restore only if the data no longer starts",
     doc_md=__doc__,
     tags=["upgrade", "minor"],
@@ -63,10 +64,10 @@ with ad.rollback_dag(
 ) as dag:
     validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
     lock = _step("take_lock", rt.take_over_lock, "Takes the cluster lock over from the upgrade run.")
-    assess = _step("assess", minor.rollback_assess, "Chooses the path from the upgrade run's journal.")
+    assess = _step("assess", rollback.assess, "Chooses the path from the upgrade run's journal.")
     back = _step(
         "back_to_previous",
-        minor.back_to_previous,
+        rollback.back_to_previous,
         "Stops the server, puts the recorded release back through the same installer, starts it.",
     )
 
@@ -76,25 +77,25 @@ with ad.rollback_dag(
         "directory does not start on the previous release.",
     )
     def data_dir_starts() -> str:
-        rc = rt.run_context(F)
-        return "verify_previous" if minor.data_dir_started(rc) else "restore_from_backup"
+        ctx = rt.run_context(F)
+        return "verify_previous" if rollback.data_dir_started(ctx) else "restore_from_backup"
 
     restore = _step(
         "restore_from_backup",
-        minor.restore_from_backup,
+        rollback.restore_from_backup,
         "Data directory moved aside, initdb with the previous binaries, backup restored.",
     )
     verify = _step(
         "verify_previous",
-        minor.verify_previous,
+        rollback.verify_previous,
         "version() equals the recorded one; facts equal the snapshot.",
         trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
     )
-    refresh = _step("refresh_tviews", minor.rollback_refresh, "Refresh every TVIEW (force).")
-    opened = _step("open_to_clients", minor.rollback_open, "Logins given back.")
+    refresh = _step("refresh_tviews", rollback.refresh_tviews, "Refresh every TVIEW (force).")
+    opened = _step("open_to_clients", rollback.open_to_clients, "Logins given back.")
     report = _step(
         "report",
-        lambda rc: recovery.write_report(rc),
+        recovery.write_report,
         "JSON + Markdown report with the path and why.",
         trigger_rule=TriggerRule.ALL_DONE,
     )

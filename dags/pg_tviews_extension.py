@@ -85,51 +85,45 @@ from typing import Any
 
 from airflow.sdk import DAG, TaskGroup
 
-from pgupgrade import entities
-from pgupgrade import extension as ext
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import runtime as rt
 from pgupgrade.airflow import schedule as sched
+from pgupgrade.extension import after, fields, plan, update
 
-ROLLBACK_DAG_ID = ext.ROLLBACK_DAG_ID
-
-
-def _plan(rc: Any) -> dict[str, Any]:
-    data: dict[str, Any] = rc.state.load("plan")
-    return data
+ROLLBACK_DAG_ID = fields.ROLLBACK_DAG_ID
 
 
-def build(dag_id: str, spec: dict[str, Any], fields: list[Any], description: str) -> DAG:
+def build(dag_id: str, spec: dict[str, Any], params: list[Any], description: str) -> DAG:
     def step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
-        return rt.step_task(task_id, fn, fields, spec=spec, doc=doc, **kw)
+        return rt.step_task(task_id, fn, params, spec=spec, doc=doc, **kw)
 
     with ad.upgrade_dag(
         dag_id,
         description=description,
         doc_md=__doc__,
         tags=["extension", "pg_tviews"],
-        fields=fields,
+        fields=params,
         rollback_dag_id=ROLLBACK_DAG_ID,
     ) as dag:
         with TaskGroup("plan") as g_plan:
             _plan_task, gate = rt.plan_phase(
-                fields,
+                params,
                 spec,
                 ROLLBACK_DAG_ID,
-                lambda rc: ext.plan(rc, rt.admin_json_variable),
+                lambda ctx: plan.plan(ctx, rt.admin_json_variable),
                 "Versions, update path, compatibility, metadata, rollback readiness, space; no side effects.",
-                lambda p: ext.check_target(spec, p["target_version"]),
+                lambda p: fields.check_target(spec, p["target_version"]),
             )
 
         with TaskGroup("prepare") as g_prepare:
             bkp = step(
                 "backup",
-                lambda rc: ext.take_backup(rc, _plan(rc)),
+                update.take_backup,
                 "pg_dump -Fc per database, listed with pg_restore -l (metadata TABLE DATA present), checksummed.",
             )
             doc = step(
                 "document_state",
-                lambda rc: ext.document_state(rc, _plan(rc)),
+                update.document_state,
                 "Metadata rows, TVIEW columns and row counts, scan times: JSON in the run state and a table per DB.",
             )
             bkp >> doc
@@ -137,29 +131,29 @@ def build(dag_id: str, spec: dict[str, Any], fields: list[Any], description: str
         with TaskGroup("stop") as g_stop:
             dis = step(
                 "disable_triggers",
-                lambda rc: ext.disable_triggers(rc, _plan(rc)),
+                update.disable_triggers,
                 "Saves every prefixed trigger's state, then disables the enabled ones.",
             )
             queue = rt.sensor_task(
                 "wait_queue_empty",
-                lambda rc: entities.queue_empty(rc, _plan(rc)["databases"]),
-                fields,
+                update.queue_empty,
+                params,
                 spec,
                 "queue_wait_timeout_s",
                 "The extension's queue is empty.",
             )
-            final = step("final_backup_check", ext.final_backup_check, "Backup files unchanged, TOC still readable.")
+            final = step("final_backup_check", update.final_backup_check, "Backup files unchanged, TOC still readable.")
             dis >> queue >> final
 
         with TaskGroup("upgrade") as g_upgrade:
             inst = step(
                 "install_files",
-                lambda rc: ext.install_target_files(rc, _plan(rc)),
+                update.install_target_files,
                 "The target's files per extension_source (installed: nothing to do).",
             )
             upd = step(
                 "update_extension",
-                lambda rc: ext.update_extension(rc, _plan(rc)),
+                update.update_extension,
                 "Per database one transaction: ALTER EXTENSION ... UPDATE + upgrade-extension.sql.",
             )
             inst >> upd
@@ -167,45 +161,43 @@ def build(dag_id: str, spec: dict[str, Any], fields: list[Any], description: str
         with TaskGroup("verify") as g_verify:
             step(
                 "verify_extension",
-                lambda rc: ext.verify_extension(rc, _plan(rc)),
+                update.verify_extension,
                 "Version, new columns and functions, removed ones gone, metadata rows unchanged.",
             )
 
         with TaskGroup("reenable") as g_reenable:
             en = step(
                 "enable_triggers",
-                lambda rc: ext.enable_triggers(rc, _plan(rc)),
+                update.enable_triggers,
                 "Exactly the triggers enabled before, in their mode.",
             )
-            rf = step(
-                "refresh_tviews", lambda rc: ext.refresh_tviews(rc, _plan(rc)), "Every TVIEW refreshed with force."
-            )
-            st = step("check_stats", lambda rc: ext.check_stats(rc, _plan(rc)), "Stats populated for every TVIEW.")
-            va = step("validate_tviews", lambda rc: ext.validate_tviews(rc, _plan(rc)), "validate function: no issues.")
+            rf = step("refresh_tviews", after.refresh_tviews, "Every TVIEW refreshed with force.")
+            st = step("check_stats", after.check_stats, "Stats populated for every TVIEW.")
+            va = step("validate_tviews", after.validate_tviews, "validate function: no issues.")
             en >> rf >> st >> va
 
         with TaskGroup("wrapup") as g_wrapup:
-            pf = step("performance", lambda rc: ext.performance(rc, _plan(rc)), "TVIEW scan times vs before.")
-            chk = step("final_checklist", lambda rc: ext.final_checklist(rc, _plan(rc)), "checks.health per database.")
-            rep = step("report", lambda rc: ext.write_report(rc, "success"), "JSON + Markdown report.")
+            pf = step("performance", after.performance, "TVIEW scan times vs before.")
+            chk = step("final_checklist", after.final_checklist, "checks.health per database.")
+            rep = step("report", after.write_report, "JSON + Markdown report.")
             pf >> chk >> rep
 
         g_plan >> g_prepare >> g_stop >> g_upgrade >> g_verify >> g_reenable >> g_wrapup
         gate >> g_prepare
-        rt.failure_tail(dag, ROLLBACK_DAG_ID, fields)
-        sched.scheduled_dispatch(fields, before=g_plan)
+        rt.failure_tail(dag, ROLLBACK_DAG_ID, params)
+        sched.scheduled_dispatch(params, before=g_plan)
     return dag
 
 
 pg_tviews_0_1_to_0_2_migration = build(
-    ext.MIGRATION_DAG_ID,
+    fields.MIGRATION_DAG_ID,
     {"kind": "series", "from_series": "0.1", "to_series": "0.2"},
-    ext.FIELDS,
+    fields.FIELDS,
     "pg_tviews 0.1.x (≥ 0.1.5) → 0.2.x: backup, triggers off, ALTER EXTENSION UPDATE + migration, verify, rollback",
 )
 pg_tviews_minor_update = build(
-    ext.MINOR_DAG_ID,
+    fields.MINOR_DAG_ID,
     {"kind": "minor"},
-    ext.MINOR_FIELDS,
+    fields.MINOR_FIELDS,
     "pg_tviews update within one series (e.g. 0.1.5 → 0.1.6): same runbook, automatic rollback",
 )

@@ -45,26 +45,20 @@ from typing import Any
 
 from airflow.sdk import TriggerRule, task
 
-from pgupgrade import extension as ext
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import runtime as rt
+from pgupgrade.extension import fields
+from pgupgrade.extension import rollback as rb
 
-F = ext.ROLLBACK_FIELDS
+F = fields.ROLLBACK_FIELDS
 
 
 def _step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
     return rt.step_task(task_id, fn, F, doc=doc, **kw)
 
 
-def _assess(rc: Any) -> dict[str, Any]:
-    decision = ext.assess(rc)
-    rc.state.save("decision", decision)
-    print(f"rollback path: {decision['path']} — {decision['why']}")
-    return decision
-
-
 with ad.rollback_dag(
-    ext.ROLLBACK_DAG_ID,
+    fields.ROLLBACK_DAG_ID,
     description="pg_tviews back to the version before a failed update: per database from the journal",
     doc_md=__doc__,
     tags=["extension", "pg_tviews"],
@@ -72,30 +66,30 @@ with ad.rollback_dag(
 ) as dag:
     validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
     lock = _step("take_lock", rt.take_over_lock, "Takes the cluster lock over from the upgrade run.")
-    assess = _step("assess", _assess, "Per database: restore (update committed) or triggers only, with the reason.")
+    assess = _step("assess", rb.decide, "Per database: restore (update committed) or triggers only, with the reason.")
     files = _step(
         "put_back_files",
-        lambda rc: ext.put_back_files(rc, ext.decision_of(rc)),
+        lambda ctx: rb.put_back_files(ctx, rb.decision_of(ctx)),
         "The old version's files back first; default_version checked for every database to restore.",
     )
     restore = _step(
         "restore_databases",
-        lambda rc: ext.restore_databases(rc, ext.decision_of(rc)),
+        lambda ctx: rb.restore_databases(ctx, rb.decision_of(ctx)),
         "pg_restore --clean --if-exists --single-transaction of each updated database.",
     )
     triggers = _step(
         "restore_triggers",
-        lambda rc: ext.rollback_triggers(rc, ext.decision_of(rc)),
+        lambda ctx: rb.rollback_triggers(ctx, rb.decision_of(ctx)),
         "The triggers the run disabled back in their previous mode.",
     )
     verify = _step(
         "verify",
-        lambda rc: ext.verify_rolled_back(rc, ext.decision_of(rc)),
+        lambda ctx: rb.verify_rolled_back(ctx, rb.decision_of(ctx)),
         "Old version, triggers as before; restored databases: row counts and metadata rows as before.",
     )
     report = _step(
         "report",
-        ext.write_rollback_report,
+        rb.write_rollback_report,
         "JSON + Markdown report with the path and why.",
         trigger_rule=TriggerRule.ALL_DONE,
     )

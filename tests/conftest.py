@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# the shared checks in the helper modules (data_checks_out, assert_rolled_back, ...) report values as in test modules
+pytest.register_assert_rewrite("airflow_helpers", "pgharness")
+
 ROOT = Path(__file__).resolve().parents[1]
 _PGBIN = Path(os.environ.get("PGUPGRADE_PGBIN", "/opt/pgbin"))
 os.environ.setdefault(  # as include/scripts/env.sh: Debian packages unpacked, and the wheels' copies

@@ -202,6 +202,47 @@ def seed_data(cluster: Cluster, rows: int = 1000) -> None:
         )
 
 
+# -- what a server serves after a run: its version, the seeded data, the facts ------------------------------------
+
+
+def track_new(pool: Pool, old: Cluster, conf: dict[str, object]) -> Cluster:
+    from dataclasses import replace
+
+    return pool.track(replace(old, bindir=str(conf["new_bindir"]), datadir=str(conf["new_datadir"])))
+
+
+def served_version(cluster: Cluster) -> int:
+    from pgupgrade.sql import scalar
+
+    with connect(cluster) as conn:
+        return int(scalar(conn, "SHOW server_version_num")) // 10000
+
+
+def served(cluster: Cluster) -> tuple[int, str]:
+    from pgupgrade.sql import scalar
+
+    with connect(cluster) as conn:
+        return int(scalar(conn, "SHOW server_version_num")), str(scalar(conn, "SELECT version()"))
+
+
+def data_checks_out(cluster: Cluster, orders: int = 1000) -> None:
+    from pgupgrade.sql import scalar
+
+    with connect(cluster, APP_DB) as conn:
+        assert scalar(conn, "SELECT count(*) FROM orders") == orders
+        assert scalar(conn, "SELECT count(*) FROM tv_order_totals") == 37
+        assert scalar(conn, "SELECT count(*) FROM pg_tviews_metadata WHERE last_error IS NOT NULL") == 0
+        assert scalar(conn, "SELECT pg_tviews_version()") == "0.1.5"
+        assert scalar(conn, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app_user'") is True
+
+
+def same_rows(a: dict[str, Any], b: dict[str, Any]) -> None:
+    from pgupgrade import facts
+
+    assert facts.compare(a, b, same_extension_versions=True) == []
+    assert a["databases"].keys() == b["databases"].keys()
+
+
 class WriteProbe:
     """An application that never stops: a separate process (so a busy caller cannot delay it) inserts a numbered
     row every interval, reconnects after errors, and records which inserts the server acknowledged (committed),

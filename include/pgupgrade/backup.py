@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from pgupgrade import backup, facts
+from pgupgrade import facts
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
 from pgupgrade.context import RunContext
@@ -193,6 +194,63 @@ def take_base(cluster: Cluster, host: Host, dest: str, *, slot: str = ROLLBACK_S
     return {"dir": dest, "slot": slot, "start_lsn": label["lsn"], "start_wal_file": label["file"], "bytes": int(size)}
 
 
+class BackupProvider(Protocol):
+    """One kind of backup of a cluster: taken into a directory, verified later, restored into a cluster. The
+    manifest ``take`` returns is what ``verify`` and ``restore`` read (a run keeps it as its "backup" document).
+    A site's backup tool (pgBackRest, …) plugs in here."""
+
+    kind: str
+
+    def take(self, cluster: Cluster, host: Host, dest: str, databases: list[str], *, jobs: int) -> dict[str, Any]: ...
+    def verify(self, host: Host, manifest: dict[str, Any], user: str) -> None: ...
+    def restore(self, cluster: Cluster, host: Host, manifest: dict[str, Any], *, jobs: int = 2) -> None: ...
+
+
+@dataclass(frozen=True)
+class LogicalBackup:
+    """Globals (``pg_dumpall -g``) and ``pg_dump -Fd`` per database, every file checksummed; restored into a
+    running cluster of any major."""
+
+    kind: str = "logical"
+
+    def take(self, cluster: Cluster, host: Host, dest: str, databases: list[str], *, jobs: int) -> dict[str, Any]:
+        return take(cluster, host, dest, databases, jobs=jobs)
+
+    def verify(self, host: Host, manifest: dict[str, Any], user: str) -> None:
+        verify(host, manifest, user)
+
+    def restore(self, cluster: Cluster, host: Host, manifest: dict[str, Any], *, jobs: int = 2) -> None:
+        restore(cluster, host, manifest, jobs=jobs)
+
+
+@dataclass(frozen=True)
+class BaseBackup:
+    """``pg_basebackup`` whose replication slot keeps the cluster's WAL from the backup's start (the way back of
+    pg_upgrade's link and swap modes); restored by copying it into the place of the stopped cluster's data
+    directory (which the caller moved aside), where WAL replay then brings it forward."""
+
+    kind: str = "base"
+    slot: str = ROLLBACK_SLOT
+
+    def take(self, cluster: Cluster, host: Host, dest: str, databases: list[str], *, jobs: int) -> dict[str, Any]:
+        return take_base(cluster, host, dest, slot=self.slot)  # every database: a physical copy
+
+    def verify(self, host: Host, manifest: dict[str, Any], user: str) -> None:
+        label = _LABEL_RE.search(host.run(["cat", "--", f"{manifest['dir']}/backup_label"], user=user).stdout)
+        if not label or label["lsn"] != manifest["start_lsn"]:
+            raise CheckFailed(f"base backup {manifest['dir']} changed since it was taken (backup_label)")
+
+    def restore(self, cluster: Cluster, host: Host, manifest: dict[str, Any], *, jobs: int = 2) -> None:
+        user = cluster.os_user
+        host.run(["rm", "-rf", "--", cluster.datadir], user=user)  # an earlier attempt (the old one is aside)
+        host.run(["cp", "-a", "--", manifest["dir"], cluster.datadir], user=user)
+        host.run(["rm", "-f", "--", f"{cluster.datadir}/backup_manifest"], user=user)
+
+
+LOGICAL = LogicalBackup()
+BASE = BaseBackup()
+
+
 def default_dir(root: Path, cluster_name: str, run_id: str) -> str:
     return str(root / "backups" / safe_name(cluster_name) / safe_name(run_id))
 
@@ -261,20 +319,22 @@ def restore_custom(cluster: Cluster, host: Host, archive: str, db: str, *, bindi
     log.info("restored %s from %s", db, archive)
 
 
-def take_backup(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
+def take_backup(ctx: RunContext, backup_dir: str, databases: list[str], *, base: bool) -> dict[str, Any]:
+    """The run's backup, verified: logical (globals + pg_dump -Fd per database) and, with ``base``, a base
+    backup whose replication slot keeps the old cluster's WAL. Taken once per run (a retry verifies it)."""
     old = ctx.cluster
     if ctx.state.has("backup"):
         manifest: dict[str, Any] = ctx.state.load("backup")
-        backup.verify(ctx.host, manifest, old.os_user)
+        LOGICAL.verify(ctx.host, manifest, old.os_user)
         log.info("backup of this run already taken and verified: %s", manifest["backup_dir"])
         return manifest
-    manifest = backup.take(old, ctx.host, plan_["backup_dir"], plan_["databases"], jobs=ctx.params["jobs"])
+    manifest = LOGICAL.take(old, ctx.host, backup_dir, databases, jobs=ctx.params["jobs"])
     manifest["facts"] = facts.snapshot(old)
-    if needs_base(plan_["method"], plan_["transfer_mode"]):
+    if base:
         # link/swap: once the new cluster starts the old files are gone; this base backup plus the old data
         # directory's WAL (kept by the slot) rebuild the old cluster as it stopped, every write included
-        ctx.state.record("wal_slot_created", slot=backup.ROLLBACK_SLOT)
-        manifest["base"] = backup.take_base(old, ctx.host, f"{plan_['backup_dir']}/base")
+        ctx.state.record("wal_slot_created", slot=ROLLBACK_SLOT)
+        manifest["base"] = BASE.take(old, ctx.host, f"{backup_dir}/base", databases, jobs=ctx.params["jobs"])
     ctx.state.save("backup", manifest)
     return manifest
 

@@ -11,7 +11,7 @@ from pgupgrade.backup import ROLLBACK_SLOT
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
 from pgupgrade.profiles import ExtensionProfile
-from pgupgrade.sql import connect, fetch, fetch_named, psql
+from pgupgrade.sql import connect, fetch, fetch_named
 from pgupgrade.versions import Installation
 
 log = logging.getLogger(__name__)
@@ -152,34 +152,6 @@ def same_filesystem(host: Host, a: str, b: str) -> bool:
         return host.run(["stat", "-c", "%d", str(probe)], timeout=30).stdout.strip()
 
     return dev(a) == dev(b)
-
-
-def client_sessions(cluster: Cluster) -> list[dict[str, Any]]:
-    with connect(cluster) as conn:
-        return fetch_named(conn, "client-connections")
-
-
-def terminate_clients(cluster: Cluster) -> int:
-    with connect(cluster) as conn:
-        return sum(1 for r in fetch_named(conn, "terminate-clients") if r["terminated"])
-
-
-def block_logins(cluster: Cluster) -> list[str]:
-    """ALTER ROLE … NOLOGIN for every login role but ours and the bootstrap superuser; returns the roles so
-    exactly those are given LOGIN back."""
-    with connect(cluster) as conn, conn.cursor() as cur:
-        roles = [r["rolname"] for r in fetch_named(conn, "login-roles")]
-        for role in roles:
-            cur.execute(psql.SQL("ALTER ROLE {} NOLOGIN").format(psql.Identifier(role)))
-    return roles
-
-
-def unblock_logins(cluster: Cluster, roles: list[str]) -> None:
-    with connect(cluster) as conn, conn.cursor() as cur:
-        for role in roles:
-            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
-            if cur.fetchone():
-                cur.execute(psql.SQL("ALTER ROLE {} LOGIN").format(psql.Identifier(role)))
 
 
 def extension_databases(cluster: Cluster, databases: list[str], profile: ExtensionProfile) -> list[str]:

@@ -1,5 +1,5 @@
-"""TODO docstring."""
-
+"""Client sessions around an outage, for every runbook: block logins (through the cluster's ClientGate), wait
+for clients to leave, terminate whoever is left when the cutover starts."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ import logging
 import time
 from typing import Any
 
-from pgupgrade import checks
 from pgupgrade.context import RunContext
 from pgupgrade.entities import queue_empty
 from pgupgrade.errors import CheckFailed
+from pgupgrade.gates import gate_for
 from pgupgrade.sql import connect, scalar
 
 log = logging.getLogger(__name__)
 
 
 def block_logins(ctx: RunContext) -> list[str]:
-    roles = sorted(set(ctx.state.load("blocked_roles", [])) | set(checks.block_logins(ctx.cluster)))
+    roles = sorted(set(ctx.state.load("blocked_roles", [])) | set(gate_for(ctx.cluster).block()))
     ctx.state.save("blocked_roles", roles)
     ctx.state.record("logins_blocked", roles=roles)
     return roles
@@ -27,7 +27,7 @@ def block_logins(ctx: RunContext) -> list[str]:
 def clients_gone(ctx: RunContext) -> bool:
     """Sensor poke: no client sessions left, or the grace period (terminate_after_s) is over — the cutover then
     terminates whoever is left as its first act, so the clients' outage starts inside one task."""
-    sessions = checks.client_sessions(ctx.cluster)
+    sessions = gate_for(ctx.cluster).sessions()
     if not sessions:
         return True
     grace = ctx.params["terminate_after_s"]
@@ -48,7 +48,7 @@ def clients_gone(ctx: RunContext) -> bool:
     return False
 
 
-def terminate_clients(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
+def terminate_clients(ctx: RunContext, databases: list[str]) -> dict[str, Any]:
     """First step of the cutover: a checkpoint while clients still work, then terminate the sessions left after
     the grace period, then wait (bounded by queue_wait_timeout_s) until no client is connected and the
     extension's queue is empty."""
@@ -56,16 +56,16 @@ def terminate_clients(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
         scalar(conn, "CHECKPOINT")  # the shutdown checkpoint then has little left to write
     ctx.state.record("cutover_started")
     terminated = 0
-    if checks.client_sessions(ctx.cluster):
+    if gate_for(ctx.cluster).sessions():
         if ctx.params["terminate_after_s"] < 0:
             raise CheckFailed("client sessions are connected and terminate_after_s is -1 (never terminate)")
-        terminated = checks.terminate_clients(ctx.cluster)
+        terminated = gate_for(ctx.cluster).terminate()
         ctx.state.record("clients_terminated", count=terminated)
         log.warning("terminated %d client sessions", terminated)
     deadline = time.monotonic() + ctx.params["queue_wait_timeout_s"]
     while True:
-        left = checks.client_sessions(ctx.cluster)
-        if not left and queue_empty(ctx, plan_["databases"]):
+        left = gate_for(ctx.cluster).sessions()
+        if not left and queue_empty(ctx, databases):
             return {"terminated": terminated}
         if time.monotonic() > deadline:
             raise CheckFailed(

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pgupgrade.commands import Host, LocalHost
 from pgupgrade.errors import CheckFailed, CommandError, ConfigError
@@ -147,6 +147,26 @@ class Cluster:
     def config_dir(self) -> str:
         """Where postgresql.conf lives: the conf dir when set, else the data dir."""
         return self.confdir or self.datadir
+
+
+class ServiceManager(Protocol):
+    """Starts, stops and watches one cluster: the only way the library changes whether a cluster runs."""
+
+    cluster: Cluster
+
+    @property
+    def log_file(self) -> str: ...
+    def start(self, timeout: float = 120, options: str | None = None) -> None: ...
+    def stop(self, mode: str = "fast", timeout: float = 300) -> None: ...
+    def is_running(self) -> bool: ...
+    def accepts_connections(self) -> bool: ...
+    def wait_ready(self, timeout: float = 120) -> float: ...
+
+
+def service_for(cluster: Cluster, host: Host | None = None) -> ServiceManager:
+    """The service manager the cluster declares (connection extra ``service``): today every kind — ``pg_ctl``,
+    ``systemd:<unit>``, ``pg_ctlcluster <major> <name>`` — is handled by ``Service``."""
+    return Service(cluster, host)
 
 
 class Service:

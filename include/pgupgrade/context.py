@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pgupgrade import plans
+from pgupgrade import state as run_state
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
 from pgupgrade.errors import UnsafeState
 from pgupgrade.profiles import ExtensionProfile
-from pgupgrade.state import ClusterLock, RunState
+from pgupgrade.state import Lock, RunJournal, RunStore
 
 P = TypeVar("P")
 
@@ -22,9 +23,10 @@ class RunContext:
     params: dict[str, Any]
     cluster: Cluster
     host: Host
-    state: RunState
+    state: RunJournal
     profile: ExtensionProfile
     spec: dict[str, Any] = field(default_factory=dict)  # fixed by the DAG factory (e.g. from/to major)
+    store: RunStore = field(default_factory=run_state.store)  # where ``state`` and the cluster lock live
     _plans: dict[type, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def plan(self, cls: type[P]) -> P:
@@ -38,5 +40,9 @@ class RunContext:
         return plan
 
     @property
-    def lock(self) -> ClusterLock:
-        return ClusterLock.for_cluster(self.host.name, self.cluster.datadir, self.state.root)
+    def lock(self) -> Lock:
+        return self.store.cluster_lock(self.host.name, self.cluster.datadir)
+
+    def run_of(self, dag_id: str, run_id: str) -> RunJournal:
+        """Another run's state in the same store (a rollback reads the upgrade run it undoes)."""
+        return self.store.run(dag_id, run_id)

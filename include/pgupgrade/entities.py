@@ -1,5 +1,5 @@
-"""TODO docstring."""
-
+"""The extension's maintained entities (TVIEWs) and its queue, for every runbook: the queue drained, entity
+facts and scan times, a forced refresh, and the facts snapshot taken before the stop."""
 
 from __future__ import annotations
 
@@ -52,8 +52,9 @@ def refresh_all(ctx: RunContext, cluster: Cluster, databases: list[str]) -> int:
     return n
 
 
-def snapshot_before(ctx: RunContext, plan_: dict[str, Any]) -> dict[str, Any]:
+def snapshot_before(ctx: RunContext, databases: list[str]) -> dict[str, Any]:
+    """The facts the validation compares against (the extension's entities included), saved as facts_before."""
     before = facts.snapshot(ctx.cluster, content=ctx.params["verify_content"])
-    before["extension"] = extension_facts(ctx.cluster, plan_["databases"], ctx)
+    before["extension"] = extension_facts(ctx.cluster, databases, ctx)
     ctx.state.save("facts_before", before)
     return {"tables": facts.table_count(before), "wal_lsn": before["wal_lsn"]}

@@ -89,5 +89,3 @@ def table_count(facts: Facts) -> int:
 
 def data_bytes(facts: Facts) -> int:
     return sum(int(db["size_bytes"]) for db in facts["databases"].values())
-
-

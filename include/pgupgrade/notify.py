@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgupgrade.state import RunState
+from pgupgrade.state import RunJournal
 
 EVENTS = ("outage_start", "success", "failure", "rollback", "deadline_missed", "rollback_trigger_failed")
 TITLES = {
@@ -20,7 +20,7 @@ TITLES = {
 
 def message(
     event: str,
-    state: RunState,
+    state: RunJournal,
     *,
     cluster: str | None,
     run_link: str | None,

@@ -22,11 +22,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pgupgrade import checks, major, minor, versions, windows
+from pgupgrade import checks, plans, versions, windows
 from pgupgrade.context import RunContext
 from pgupgrade.errors import PgUpgradeError
+from pgupgrade.major import fields as major_fields
+from pgupgrade.major import plan as major_plan
+from pgupgrade.major.model import MajorPlan
+from pgupgrade.minor import fields as minor_fields
+from pgupgrade.minor import plan as minor_plan
 from pgupgrade.params import Field, validate
-from pgupgrade.state import RunState, safe_name, write_json
+from pgupgrade.state import RunJournal, safe_name, write_json
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ def load_clusters(path: Path | None = None) -> list[str]:
 
 def fields(clusters: list[str]) -> list[Field]:
     """The preflight DAG's params; the cluster list defaults to the configured one."""
-    by_name = {f.name: f for f in major.FIELDS}
+    by_name = {f.name: f for f in major_fields.FIELDS}
     return [
         Field(
             "clusters",
@@ -74,7 +79,7 @@ def fields(clusters: list[str]) -> list[Field]:
             "Window",
             kind="identifier",
         ),
-        major.TARGET_MAJOR,
+        major_fields.TARGET_MAJOR,
         *(by_name[n] for n in PASSED_MAJOR_FIELDS),
         Field(
             "check_minor",
@@ -100,7 +105,7 @@ def major_params(p: dict[str, Any], conn_id: str) -> dict[str, Any]:
     """The params the major upgrade DAG would run with: its defaults plus what the preflight passes on."""
     conf = {"postgres_conn_id": conn_id, "target_major": p["target_major"]}
     conf.update({n: p[n] for n in PASSED_MAJOR_FIELDS if n in p})
-    return validate([*major.FIELDS, major.TARGET_MAJOR], conf)
+    return validate([*major_fields.FIELDS, major_fields.TARGET_MAJOR], conf)
 
 
 def _err(exc: BaseException) -> str:
@@ -137,32 +142,32 @@ def check_cluster(
             "end": w.end.isoformat(),
             "seconds": w.seconds,
         }
-    plan: dict[str, Any] | None = None
+    plan: MajorPlan | plans.AlreadyThere | None = None
     try:
-        plan = major.plan(ctx)
+        plan = major_plan.plan(ctx)
     except Exception as exc:  # a preflight reports every failure as a reason
         reasons.append(f"major upgrade plan: {_err(exc)}")
-    if plan is not None and plan.get("already_upgraded"):
-        res.update(status="up to date", running=plan.get("running"), detail=plan.get("reason"))
+    if isinstance(plan, plans.AlreadyThere):
+        res.update(status="up to date", running=plan.running, detail=plan.reason)
     elif plan is not None:
-        res["running"] = plan["old"]["version"]
+        res["running"] = plan.old.version
         res["major"] = {
-            "from": plan["old"]["version"],
-            "to": plan["new"]["version"],
-            "method": plan["method"],
-            "transfer_mode": plan["transfer_mode"],
-            "method_reason": plan["method_reason"],
-            "outage_estimate_s": round(plan["outage_estimate_s"], 1),
-            "data_bytes": plan["data_bytes"],
-            "databases": plan["databases"],
-            "blockers_acknowledged": plan["blockers_acknowledged"],
-            "space": plan["space"],
+            "from": plan.old.version,
+            "to": plan.new.version,
+            "method": plan.method,
+            "transfer_mode": plan.transfer_mode,
+            "method_reason": plan.method_reason,
+            "outage_estimate_s": round(plan.outage_estimate_s, 1),
+            "data_bytes": plan.data_bytes,
+            "databases": plan.databases,
+            "blockers_acknowledged": plan.blockers_acknowledged,
+            "space": plan.space,
         }
-        res["warnings"] += plan["warnings"]
+        res["warnings"] += plan.warnings
         if w is not None:
-            if plan["outage_estimate_s"] > w.seconds:
+            if plan.outage_estimate_s > w.seconds:
                 reasons.append(
-                    f"the outage estimate {plan['outage_estimate_s']:.0f}s does not fit the next window "
+                    f"the outage estimate {plan.outage_estimate_s:.0f}s does not fit the next window "
                     f"({w.seconds:.0f}s from {w.start.isoformat()})"
                 )
         if not reasons:
@@ -208,7 +213,7 @@ def minor_picture(ctx: RunContext) -> dict[str, Any]:
     out: dict[str, Any] = {"running": str(running), "newer_installed": str(newest.version), "bindir": newest.bindir}
     try:
         p = validate(
-            minor.FIELDS,
+            minor_fields.FIELDS,
             {
                 "postgres_conn_id": ctx.params["postgres_conn_id"],
                 "installer": "bindir",
@@ -216,7 +221,7 @@ def minor_picture(ctx: RunContext) -> dict[str, Any]:
                 "new_bindir": newest.bindir,
             },
         )
-        minor.plan(replace(ctx, params=p))
+        minor_plan.plan(replace(ctx, params=p))
         out["plan"] = "ok"
     except Exception as exc:  # informational
         out["plan"] = f"would not go ahead: {_err(exc)}"
@@ -275,11 +280,11 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(state: RunState, summary: dict[str, Any]) -> dict[str, str]:
-    """JSON + Markdown next to the upgrade reports (``PGUPGRADE_REPORTS_DIR`` or ``<state>/reports``)."""
+def write_report(state: RunJournal, summary: dict[str, Any], *, root: Path) -> dict[str, str]:
+    """JSON + Markdown next to the upgrade reports (``PGUPGRADE_REPORTS_DIR`` or ``<store root>/reports``)."""
     from pgupgrade import report
 
-    base = report.reports_dir(state) / safe_name(state.dag_id) / safe_name(state.run_id)
+    base = report.reports_dir(root) / safe_name(state.dag_id) / safe_name(state.run_id)
     json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
     write_json(json_path, summary)
     md_path.write_text(markdown(summary))

@@ -1,5 +1,6 @@
-"""TODO docstring."""
-
+"""What every rollback shares: the rollback DAGs' params, what going back would lose, the restore from the run's
+backup (a base backup plus the old cluster's WAL, or the logical backup into a fresh cluster) and the rollback
+run's report."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from dataclasses import replace
 from typing import Any
 
 from pgupgrade import backup, checks, facts, services, versions
-from pgupgrade.cluster import Cluster, Service
+from pgupgrade.cluster import Cluster, service_for
 from pgupgrade.commands import Host
 from pgupgrade.errors import CheckFailed, UnsafeState
 from pgupgrade.params import Field
 from pgupgrade.scratch import InitdbOptions, initdb
 from pgupgrade.services import stop_if_running
 from pgupgrade.sql import connect, fetch_named
-from pgupgrade.state import RunState
+from pgupgrade.state import RunJournal
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ FIELDS: list[Field] = [
 
 
 def data_loss_risks(
-    upgrade_state: RunState, opened_changes: list[str] | None = None, *, bridged: bool = False
+    upgrade_state: RunJournal, opened_changes: list[str] | None = None, *, bridged: bool = False
 ) -> list[str]:
     """What going back would lose. ``opened_changes``: the differences between the new cluster now and its facts
     when it opened (None: not measured, so any client write is assumed). ``bridged``: the old cluster's WAL
@@ -79,7 +80,7 @@ def data_loss_risks(
     return risks
 
 
-def stop_new(upgrade_state: RunState, old: Cluster, host: Host) -> None:
+def stop_new(upgrade_state: RunJournal, old: Cluster, host: Host) -> None:
     plan = upgrade_state.load("plan") or {}
     new = plan.get("new")
     if new and upgrade_state.happened("new_initdb"):
@@ -91,7 +92,7 @@ def stop_new(upgrade_state: RunState, old: Cluster, host: Host) -> None:
 _WAL_FILE_RE = re.compile(r"[0-9A-F]{24}|[0-9A-F]{8}\.history")
 
 
-def wal_bridge(upgrade_state: RunState, datadir: str, host: Host) -> dict[str, Any] | None:
+def wal_bridge(upgrade_state: RunJournal, datadir: str, host: Host) -> dict[str, Any] | None:
     """The base backup and the old cluster's WAL from the backup's start to its stop, when the run took one
     and ``datadir`` (the old data directory, or where it was moved aside) still holds the backup's first WAL
     segment (the slot kept every later one). None otherwise."""
@@ -121,9 +122,7 @@ def restore_base(old: Cluster, host: Host, bridge: dict[str, Any], aside: str) -
     it where no client reaches it: crash recovery replays to the end of that WAL, which must reach the old
     cluster's shutdown checkpoint. Stopped again; the caller starts it normally."""
     base, user = bridge["base"], old.os_user
-    host.run(["rm", "-rf", "--", old.datadir], user=user)  # an earlier attempt of this rollback (the old one is aside)
-    host.run(["cp", "-a", "--", base["dir"], old.datadir], user=user)
-    host.run(["rm", "-f", "--", f"{old.datadir}/backup_manifest"], user=user)
+    backup.BASE.restore(old, host, base)
     names = host.run(["ls", "--", f"{aside}/pg_wal"], user=user).stdout.split()
     wal = sorted(
         n for n in names if _WAL_FILE_RE.fullmatch(n) and (n.endswith(".history") or n >= base["start_wal_file"])
@@ -139,7 +138,7 @@ def restore_base(old: Cluster, host: Host, bridge: dict[str, Any], aside: str) -
         with connect(private) as conn:
             reached = fetch_named(conn, "wal-since", {"since": bridge["until_lsn"]})[0]
     finally:
-        Service(private, host).stop("fast")
+        service_for(private, host).stop("fast")
     if int(reached["bytes"]) < 0:
         raise CheckFailed(
             f"the rebuilt old cluster's WAL ends at {reached['lsn']}, before the old cluster's shutdown checkpoint "
@@ -151,7 +150,7 @@ def restore_base(old: Cluster, host: Host, bridge: dict[str, Any], aside: str) -
 
 
 def restore_from_backup(
-    upgrade_state: RunState,
+    upgrade_state: RunJournal,
     old: Cluster,
     host: Host,
     *,
@@ -185,15 +184,15 @@ def restore_from_backup(
         aside = (upgrade_state.first("old_moved_aside") or {})["to"]
     if bridge is not None:
         upgrade_state.record("old_rebuilt", **restore_base(old, host, bridge, aside))
-        Service(old, host).start()
+        service_for(old, host).start()
         return aside
     inst = versions.inspect(old.bindir, host)
     if host.run(["test", "-e", f"{old.datadir}/PG_VERSION"], check=False).exit_code != 0:
         host.run(["rm", "-rf", "--", old.datadir], user=old.os_user)  # a half-done initdb of this rollback
         initdb(inst, old.datadir, InitdbOptions(**plan["initdb"]), os_user=old.os_user, host=host)
         carry_config_from(aside, old, host)
-    Service(old, host).start()
-    backup.restore(old, host, manifest)
+    service_for(old, host).start()
+    backup.LOGICAL.restore(old, host, manifest)
     return aside
 
 
@@ -214,5 +213,5 @@ def write_report(ctx: Any, **extra: Any) -> dict[str, str]:
             **extra,
         },
     )
-    json_path, md_path = report.write(ctx.state, rep)
+    json_path, md_path = report.write(ctx.state, rep, root=ctx.store.root)
     return {"json": str(json_path), "markdown": str(md_path)}

@@ -8,18 +8,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pgupgrade.state import RunState, safe_name, write_json
+from pgupgrade.state import RunJournal, safe_name, write_json
 
 
-def reports_dir(state: RunState) -> Path:
-    return Path(os.environ.get("PGUPGRADE_REPORTS_DIR", state.root / "reports"))
+def reports_dir(root: Path) -> Path:
+    """``PGUPGRADE_REPORTS_DIR``, else ``reports/`` under the run store's root."""
+    return Path(os.environ.get("PGUPGRADE_REPORTS_DIR", root / "reports"))
 
 
 def _at(event: dict[str, Any] | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(event["at"]) if event else None
 
 
-def build(state: RunState, *, status: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def build(state: RunJournal, *, status: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     events = state.events()
     steps = [
         {
@@ -63,8 +64,9 @@ def build(state: RunState, *, status: str, extra: dict[str, Any] | None = None) 
     return rep
 
 
-def write(state: RunState, rep: dict[str, Any]) -> tuple[Path, Path]:
-    base = reports_dir(state) / safe_name(state.dag_id) / safe_name(state.run_id)
+def write(state: RunJournal, rep: dict[str, Any], *, root: Path) -> tuple[Path, Path]:
+    """The report as JSON and Markdown under ``reports_dir(root)``."""
+    base = reports_dir(root) / safe_name(state.dag_id) / safe_name(state.run_id)
     json_path = base.with_suffix(".json")
     write_json(json_path, rep)
     md_path = base.with_suffix(".md")

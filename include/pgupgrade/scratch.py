@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgupgrade.cluster import Cluster, Service
+from pgupgrade.cluster import Cluster, ServiceManager, service_for
 from pgupgrade.commands import Host, LocalHost
 from pgupgrade.errors import UnsafeState
 from pgupgrade.sql import connect, scalar
@@ -106,11 +106,11 @@ def create_cluster(
         os_user=os_user,
     )
     if start:
-        Service(cluster, host).start()
+        service_for(cluster, host).start()
     return cluster
 
 
-def log_tail(host: Host, service: Service, lines: int = 50) -> str:
+def log_tail(host: Host, service: ServiceManager, lines: int = 50) -> str:
     path = service.log_file
     if not Path(path).is_absolute():
         return ""

@@ -1,5 +1,5 @@
-"""TODO docstring."""
-
+"""Stopping and starting clusters for the runbooks: the old cluster's journaled stop, servers started where only
+this run reaches them (private sockets), what pg_control says, starting a cluster that died under a run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import hashlib
 import logging
 from dataclasses import replace
 
-from pgupgrade.cluster import Cluster, Service
+from pgupgrade.cluster import Cluster, service_for
 from pgupgrade.commands import Host
 from pgupgrade.context import RunContext
 from pgupgrade.errors import CheckFailed, UnsafeState
@@ -35,7 +35,7 @@ def make_socket_dir(host: Host, path: str, user: str) -> str:
 
 def start_private(cluster: Cluster, host: Host, socket_dir: str) -> None:
     make_socket_dir(host, socket_dir, cluster.os_user)
-    Service(cluster, host).start(
+    service_for(cluster, host).start(
         options=f"-c listen_addresses='' -c unix_socket_directories='{socket_dir}' -c port={int(cluster.port)}"
     )
 
@@ -60,12 +60,12 @@ def stop_old(ctx: RunContext) -> None:
     """Stops the old cluster and records its shutdown checkpoint's LSN: a rollback that rebuilds it from the
     base backup and its WAL proves it replayed at least that far."""
     ctx.state.record("old_stop_requested")
-    Service(ctx.cluster, ctx.host).stop("fast")
+    service_for(ctx.cluster, ctx.host).stop("fast")
     ctx.state.record("old_stopped", checkpoint_lsn=checkpoint_lsn(ctx.cluster, ctx.host))
 
 
 def stop_if_running(cluster: Cluster, host: Host) -> bool:
-    svc = Service(cluster, host)
+    svc = service_for(cluster, host)
     if host.run(["test", "-e", f"{cluster.datadir}/postmaster.pid"], check=False).exit_code == 0 and svc.is_running():
         svc.stop("fast")
         return True
@@ -75,7 +75,7 @@ def stop_if_running(cluster: Cluster, host: Host) -> bool:
 def start_if_down(cluster: Cluster, host: Host) -> bool:
     """Starts the cluster where its clients reach it when no postmaster serves it (stopped, or killed: crash
     recovery runs); whether it had to."""
-    svc = Service(cluster, host)
+    svc = service_for(cluster, host)
     if svc.is_running() and not svc.accepts_connections():
         # e.g. the server pg_upgrade started in binary-upgrade mode on its private socket, left running when the
         # worker was killed mid pg_upgrade

@@ -1,7 +1,11 @@
-"""Facts on disk: each run's directory (plan, facts, journal of what was done) and the per-cluster lock.
+"""Run state: each run's journal and documents (plan, facts, manifests, reports) and the per-cluster lock.
 
 Every destructive step writes a journal event *before* it acts, so a rollback (or a re-run after a worker
-crash) reads what may have happened from disk instead of trusting the trigger conf.
+crash) reads what may have happened from the store instead of trusting the trigger conf.
+
+The seam: ``RunStore`` (a run's ``RunJournal`` and a cluster's ``Lock``), reached through ``store()``. Today's
+implementation is ``FileRunStore``: a directory (``PGUPGRADE_STATE_DIR``) that every Airflow process acting for a
+run must share.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pgupgrade.errors import LockHeld, UnsafeState
 
@@ -47,6 +51,75 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+class RunJournal(Protocol):
+    """One run's journal (events, each recorded before the step it records acts) and its named documents."""
+
+    @property
+    def dag_id(self) -> str: ...
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def location(self) -> str: ...
+    def exists(self) -> bool: ...
+    def save(self, name: str, data: Any) -> object: ...
+    def load(self, name: str, default: Any = None) -> Any: ...
+    def has(self, name: str) -> bool: ...
+    def record(self, event: str, **details: Any) -> None: ...
+    def events(self) -> list[dict[str, Any]]: ...
+    def side_effects(self) -> list[dict[str, Any]]: ...
+    def happened(self, event: str) -> bool: ...
+    def first(self, event: str) -> dict[str, Any] | None: ...
+    def refuse_if(self, event: str, why: str) -> None: ...
+
+
+IsAlive = Callable[[str, str], bool]
+
+
+class Lock(Protocol):
+    """The per-cluster lock: taken by one run, handed over to its rollback, stale when both ended, kept with
+    "needs attention" after a failed rollback. Each transition is one atomic step of the store."""
+
+    @property
+    def key(self) -> str: ...
+    def holder(self) -> dict[str, Any] | None: ...
+    def acquire(
+        self, dag_id: str, run_id: str, is_alive: IsAlive, *, heir_of: tuple[str, str] | None = None
+    ) -> str: ...
+    def hand_over(self, dag_id: str, run_id: str, heir_dag_id: str, heir_run_id: str) -> None: ...
+    def needs_attention(self, dag_id: str, run_id: str, reason: str) -> None: ...
+    def release(self, dag_id: str, run_id: str) -> bool: ...
+
+
+class RunStore(Protocol):
+    """Where runs keep their state; every Airflow process that acts for a run must reach the same store."""
+
+    @property
+    def root(self) -> Path:
+        """Where files that go with runs live by default (backups, reports)."""
+        ...
+
+    def run(self, dag_id: str, run_id: str) -> RunJournal: ...
+    def cluster_lock(self, host: str, datadir: str) -> Lock: ...
+
+
+@dataclass(frozen=True)
+class FileRunStore:
+    """Run state as files under one directory: ``runs/<dag>/<run>/`` and ``locks/``."""
+
+    root: Path
+
+    def run(self, dag_id: str, run_id: str) -> RunState:
+        return RunState(dag_id, run_id, self.root)
+
+    def cluster_lock(self, host: str, datadir: str) -> ClusterLock:
+        return ClusterLock(f"{host}:{datadir}", self.root)
+
+
+def store() -> RunStore:
+    """The run store this process is configured with (``PGUPGRADE_STATE_DIR``)."""
+    return FileRunStore(state_root())
+
+
 @dataclass(frozen=True)
 class RunState:
     """The directory of one DAG run: ``<state>/runs/<dag_id>/<run_id>/``."""
@@ -62,6 +135,13 @@ class RunState:
     @property
     def dir(self) -> Path:
         return self.root / "runs" / safe_name(self.dag_id) / safe_name(self.run_id)
+
+    @property
+    def location(self) -> str:
+        return str(self.dir)
+
+    def exists(self) -> bool:
+        return self.dir.exists()
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -110,7 +190,6 @@ class RunState:
             raise UnsafeState(f"{why} (journal {self.path('journal.jsonl')} already has '{event}')")
 
 
-IsAlive = Callable[[str, str], bool]
 # Journal events that change nothing in the cluster: a run that crashed after only these left nothing to undo.
 HARMLESS = frozenset({"backup_started"})
 

@@ -1,7 +1,8 @@
 -- Objects outside an extension that depend (pg_depend, bound at creation) on some of its functions: views and
 -- materialized views (through their rewrite rule), SQL-standard function bodies, defaults, constraints,
 -- triggers, policies ... An update script that drops or re-creates such a function fails on them (or, with
--- CASCADE, silently drops them). Function bodies in other languages are late-bound: see extension.compat_scan.
+-- CASCADE, silently drops them). Function bodies in other languages are late-bound: see
+-- extension.catalog.compat_scan.
 SELECT p.proname::text AS function,
        p.oid::regprocedure::text AS signature,
        CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass THEN

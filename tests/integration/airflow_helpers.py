@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from pgupgrade.cluster import Cluster
+from pgupgrade.minor import fields as minor_fields
+from pgupgrade.sql import connect, scalar
+from pgupgrade.state import RunState
+
+from pgharness import APP_DB, Pool, installation, served_version
+
 ROOT = Path(__file__).resolve().parents[2]
+STATE = Path(os.environ["PGUPGRADE_STATE_DIR"])
+UPGRADE, ROLLBACK = minor_fields.DAG_ID, minor_fields.ROLLBACK_DAG_ID
 
 
 @cache
@@ -87,3 +97,50 @@ def report_of(state_root: Path, dag_id: str, run_id: str) -> dict[str, Any]:
 
     paths = RunState.for_run(dag_id, run_id, state_root).load("report")
     return json.loads(Path(paths["json"]).read_text())
+
+
+# -- trigger confs and checks shared by the integration tests ----------------------------------------------------
+# (conftest is imported inside the functions: importing it sets AIRFLOW_HOME and PGUPGRADE_STATE_DIR, which must
+# not happen in a fault_driver process that inherits its parent's)
+
+
+def upgrade_conf(pool: Pool, old: Cluster, new_version: str, **over: object) -> dict[str, object]:
+    from conftest import register_connection
+
+    home = Path(old.datadir).parent
+    return {
+        "postgres_conn_id": register_connection(old),
+        "new_bindir": installation(new_version).bindir,
+        "new_datadir": str(home / f"data{new_version.split('.')[0]}"),
+        "backup_dir": str(home / "backup"),
+        **over,
+    }
+
+
+def minor_conf(old: Cluster, **over: Any) -> dict[str, Any]:
+    from conftest import register_connection
+
+    return {
+        "postgres_conn_id": register_connection(old),
+        "installer": "bindir",
+        "target_version": "15.20",
+        "new_bindir": installation("15.20").bindir,
+        "backup_dir": str(Path(old.datadir).parent / "backup"),
+        "min_free_gb": 1,
+        **over,
+    }
+
+
+def assert_rolled_back(old, upgrade_dag, upgrade_run, expected_path):
+    dr, states = run_triggered_rollback("pg_major_upgrade_rollback", upgrade_run)
+    assert dr.state == "success", states
+    decision = RunState.for_run("pg_major_upgrade_rollback", dr.run_id, STATE).load("decision")
+    assert decision["path"] == expected_path, decision
+    assert served_version(old) == 15
+    with connect(old, APP_DB) as conn:
+        assert scalar(conn, "SELECT count(*) FROM orders") >= 1000
+        assert scalar(conn, "SELECT pg_tviews_version()") == "0.1.5"
+        assert scalar(conn, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app_user'") is True
+    rep = report_of(STATE, "pg_major_upgrade_rollback", dr.run_id)
+    assert rep["rollback_path"] == expected_path and rep["rollback_reason"]
+    return rep

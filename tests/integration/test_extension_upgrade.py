@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from psycopg2 import sql as psql
 
-from pgupgrade import extension as ext
 from pgupgrade import profiles
 from pgupgrade import sql as pgsql
 from pgupgrade.cluster import Cluster
+from pgupgrade.extension import catalog, fields
 from pgupgrade.sql import connect, fetch, scalar
 from pgupgrade.state import ClusterLock, RunState
 
@@ -28,7 +28,7 @@ from pgharness import APP_DB, Pool
 pytestmark = pytest.mark.usefixtures("airflow_home")
 STATE = Path(os.environ["PGUPGRADE_STATE_DIR"])
 PROFILE = profiles.get("pg_tviews")
-MIGRATION, MINOR, ROLLBACK = ext.MIGRATION_DAG_ID, ext.MINOR_DAG_ID, ext.ROLLBACK_DAG_ID
+MIGRATION, MINOR, ROLLBACK = fields.MIGRATION_DAG_ID, fields.MINOR_DAG_ID, fields.ROLLBACK_DAG_ID
 UPGRADE_TASKS_OK = {"success", "skipped"}
 
 
@@ -59,7 +59,7 @@ def db_state(cluster: Cluster, db: str) -> dict[str, Any]:
             "version": PROFILE.installed_version(conn),
             "reported": PROFILE.reported_version(conn),
             "metadata": PROFILE.metadata_rows(conn),
-            "triggers": ext.prefixed_triggers(conn, PROFILE.trigger_prefix),
+            "triggers": catalog.prefixed_triggers(conn, PROFILE.trigger_prefix),
             "tables": tables,
         }
 
@@ -115,7 +115,7 @@ def test_migration_0_1_5_to_0_2_0(pool: Pool, version: str) -> None:
         issues = fetch(conn, "SELECT entity_name, issue FROM pg_tviews_validate()")
         assert issues == [("tv_notes", "trigger pg_tviews_tv_notes_trg is disabled on public.notes")], issues
         # exactly the triggers enabled before are enabled again; the disabled one stays disabled
-        assert ext.prefixed_triggers(conn, "pg_tviews_") == before["triggers"]
+        assert catalog.prefixed_triggers(conn, "pg_tviews_") == before["triggers"]
         modes = {t["trigger_name"]: t["enabled"] for t in before["triggers"]}
         assert modes == {"pg_tviews_tv_customers_trg": "O", "pg_tviews_tv_notes_trg": "D",
                          "pg_tviews_tv_order_totals_trg": "O"}  # fmt: skip
@@ -151,7 +151,7 @@ def test_view_on_removed_function_reported_and_strict_stops(pool: Pool) -> None:
             "CREATE VIEW refresh_everything AS"
             " SELECT entity_name, pg_tviews_refresh_async(entity_name)::text AS requested FROM pg_tviews_metadata"
         )
-        triggers = ext.prefixed_triggers(conn, "pg_tviews_")
+        triggers = catalog.prefixed_triggers(conn, "pg_tviews_")
     conf = ext_conf(c, strict_compat=True)
 
     dr, states = run(MIGRATION, conf)
@@ -159,7 +159,7 @@ def test_view_on_removed_function_reported_and_strict_stops(pool: Pool) -> None:
     assert states["prepare.backup"] == "upstream_failed", states
     with connect(c, APP_DB) as conn:  # nothing changed
         assert PROFILE.installed_version(conn) == "0.1.5"
-        assert ext.prefixed_triggers(conn, "pg_tviews_") == triggers
+        assert catalog.prefixed_triggers(conn, "pg_tviews_") == triggers
         assert scalar(conn, "SELECT to_regclass('pgupgrade.extension_snapshot')") is None
     assert not Path(conf["backup_dir"]).exists()
     rep = report_of(STATE, MIGRATION, dr.run_id)  # the failed run's report carries the plan and its refusal
@@ -218,7 +218,7 @@ def test_failure_in_migration_sql_rolls_back(pool: Pool, failing_migration_sql: 
         assert PROFILE.installed_version(conn) == "0.2.0"
     with connect(c, "zapp") as conn:
         assert PROFILE.installed_version(conn) == "0.1.5"
-        assert [t["enabled"] for t in ext.prefixed_triggers(conn, "pg_tviews_")] == ["D"]  # disabled by the run
+        assert [t["enabled"] for t in catalog.prefixed_triggers(conn, "pg_tviews_")] == ["D"]  # disabled by the run
 
     rb, rstates = run_triggered_rollback(ROLLBACK, dr.run_id)
     assert rb.state == "success", rstates
@@ -247,17 +247,17 @@ def test_minor_update_0_1_5_to_0_1_6_by_command(pool: Pool, tmp_path: Path, monk
     script.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')  # the files of every version are already in place
     script.chmod(0o755)
     monkeypatch.setenv(
-        "AIRFLOW_VAR_" + ext.INSTALL_COMMAND_VARIABLE.upper(), json.dumps([str(script), "{extname}", "{version}"])
+        "AIRFLOW_VAR_" + fields.INSTALL_COMMAND_VARIABLE.upper(), json.dumps([str(script), "{extname}", "{version}"])
     )
     with connect(c, APP_DB) as conn:
-        triggers = ext.prefixed_triggers(conn, "pg_tviews_")
+        triggers = catalog.prefixed_triggers(conn, "pg_tviews_")
 
     dr, states = run(MINOR, ext_conf(c, extension_source="command"))
     assert_green(dr, states)
     assert calls.read_text().split("\n")[0] == "pg_tviews 0.1.6"
     with connect(c, APP_DB) as conn:
         assert PROFILE.installed_version(conn) == "0.1.6" and PROFILE.reported_version(conn) == "0.1.6"
-        assert ext.prefixed_triggers(conn, "pg_tviews_") == triggers
+        assert catalog.prefixed_triggers(conn, "pg_tviews_") == triggers
         assert scalar(conn, "SELECT count(*) FROM pg_proc WHERE proname = 'pg_tviews_refresh_async'") == 1
         assert scalar(conn, "SELECT count(*) FROM tv_order_totals") == 37
     state = RunState.for_run(MINOR, dr.run_id, STATE)

@@ -12,9 +12,8 @@ from pgupgrade.scratch import write_settings
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState
 
-from airflow_helpers import run
-from pgharness import HOST, OS_USER
-from test_major_upgrade import served_version, track_new, upgrade_conf
+from airflow_helpers import run, upgrade_conf
+from pgharness import HOST, OS_USER, served_version, track_new
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 STATE = Path(os.environ["PGUPGRADE_STATE_DIR"])

@@ -9,30 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState
 
-from airflow_helpers import report_of, run, run_triggered_rollback
-from pgharness import APP_DB, OS_USER, installation
-from test_major_upgrade import served_version, track_new, upgrade_conf
+from airflow_helpers import assert_rolled_back, report_of, run, upgrade_conf
+from pgharness import OS_USER, installation, served_version, track_new
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 STATE = Path(os.environ["PGUPGRADE_STATE_DIR"])
-
-
-def assert_rolled_back(old, upgrade_dag, upgrade_run, expected_path):
-    dr, states = run_triggered_rollback("pg_major_upgrade_rollback", upgrade_run)
-    assert dr.state == "success", states
-    decision = RunState.for_run("pg_major_upgrade_rollback", dr.run_id, STATE).load("decision")
-    assert decision["path"] == expected_path, decision
-    assert served_version(old) == 15
-    with connect(old, APP_DB) as conn:
-        assert scalar(conn, "SELECT count(*) FROM orders") >= 1000
-        assert scalar(conn, "SELECT pg_tviews_version()") == "0.1.5"
-        assert scalar(conn, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app_user'") is True
-    rep = report_of(STATE, "pg_major_upgrade_rollback", dr.run_id)
-    assert rep["rollback_path"] == expected_path and rep["rollback_reason"]
-    return rep
 
 
 def _failing_pg_upgrade_bindir(root: Path, version: str) -> str:

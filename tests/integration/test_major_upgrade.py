@@ -11,35 +11,12 @@ from pgupgrade.cluster import Cluster
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState
 
-from airflow_helpers import report_of, run, run_under_writes
-from conftest import register_connection
-from pgharness import APP_DB, Pool, installation
+from airflow_helpers import report_of, run, run_under_writes, upgrade_conf
+from pgharness import APP_DB, served_version, track_new
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 OK = {"success", "skipped"}
 STATE = Path(os.environ["PGUPGRADE_STATE_DIR"])
-
-
-def upgrade_conf(pool: Pool, old: Cluster, new_version: str, **over: object) -> dict[str, object]:
-    home = Path(old.datadir).parent
-    return {
-        "postgres_conn_id": register_connection(old),
-        "new_bindir": installation(new_version).bindir,
-        "new_datadir": str(home / f"data{new_version.split('.')[0]}"),
-        "backup_dir": str(home / "backup"),
-        **over,
-    }
-
-
-def track_new(pool: Pool, old: Cluster, conf: dict[str, object]) -> Cluster:
-    from dataclasses import replace
-
-    return pool.track(replace(old, bindir=str(conf["new_bindir"]), datadir=str(conf["new_datadir"])))
-
-
-def served_version(cluster: Cluster) -> int:
-    with connect(cluster) as conn:
-        return int(scalar(conn, "SHOW server_version_num")) // 10000
 
 
 @pytest.mark.parametrize(("old_v", "new_v"), [("15.18", "16"), ("16", "17"), ("17", "18")])

@@ -13,38 +13,22 @@ from typing import Any
 
 import pytest
 
-from pgupgrade import facts, installers, minor, profiles, versions
+from pgupgrade import facts, plans, profiles, versions
 from pgupgrade.cluster import Cluster, Service
 from pgupgrade.context import RunContext
 from pgupgrade.errors import ConfigError, PlanError
-from pgupgrade.sql import connect, scalar
+from pgupgrade.minor import fields, installers
+from pgupgrade.minor import plan as minor_plan
+from pgupgrade.sql import connect
 from pgupgrade.state import ClusterLock, RunState, state_root
 
 import pgharness
-from airflow_helpers import report_of, run, run_triggered_rollback, run_under_writes
+from airflow_helpers import ROLLBACK, UPGRADE, minor_conf, report_of, run, run_triggered_rollback, run_under_writes
 from conftest import register_connection
-from pgharness import APP_DB, HOST, OS_USER, Pool, installation, seed_data
+from pgharness import APP_DB, HOST, OS_USER, Pool, data_checks_out, installation, same_rows, seed_data, served
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 OK = {"success", "skipped"}
-UPGRADE, ROLLBACK = minor.DAG_ID, minor.ROLLBACK_DAG_ID
-
-
-def minor_conf(old: Cluster, **over: Any) -> dict[str, Any]:
-    return {
-        "postgres_conn_id": register_connection(old),
-        "installer": "bindir",
-        "target_version": "15.20",
-        "new_bindir": installation("15.20").bindir,
-        "backup_dir": str(Path(old.datadir).parent / "backup"),
-        "min_free_gb": 1,
-        **over,
-    }
-
-
-def served(cluster: Cluster) -> tuple[int, str]:
-    with connect(cluster) as conn:
-        return int(scalar(conn, "SHOW server_version_num")), str(scalar(conn, "SELECT version()"))
 
 
 def real(path: str) -> str:
@@ -53,20 +37,6 @@ def real(path: str) -> str:
 
 def ustate(run_id: str, dag_id: str = UPGRADE) -> RunState:
     return RunState.for_run(dag_id, run_id, state_root())
-
-
-def data_checks_out(cluster: Cluster, orders: int = 1000) -> None:
-    with connect(cluster, APP_DB) as conn:
-        assert scalar(conn, "SELECT count(*) FROM orders") == orders
-        assert scalar(conn, "SELECT count(*) FROM tv_order_totals") == 37
-        assert scalar(conn, "SELECT count(*) FROM pg_tviews_metadata WHERE last_error IS NOT NULL") == 0
-        assert scalar(conn, "SELECT pg_tviews_version()") == "0.1.5"
-        assert scalar(conn, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app_user'") is True
-
-
-def same_rows(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert facts.compare(a, b, same_extension_versions=True) == []
-    assert a["databases"].keys() == b["databases"].keys()
 
 
 # -- bindir installer: success, then a rollback by hand after clients wrote --------------------------------------
@@ -216,7 +186,7 @@ def test_command_installer_switches_a_symlinked_installation(pool: Pool, monkeyp
     old = replace(base, bindir=str(link / "bin"))
     Service(old).start()
     monkeypatch.setenv(
-        "AIRFLOW_VAR_" + minor.INSTALL_COMMAND_VARIABLE.upper(), json.dumps(["ln", "-sfn", "--", template, str(link)])
+        "AIRFLOW_VAR_" + fields.INSTALL_COMMAND_VARIABLE.upper(), json.dumps(["ln", "-sfn", "--", template, str(link)])
     )
     # other 15.18 clusters of this test session run from the resolved bin directory
     conf = minor_conf(old, installer="command", new_bindir="", ack_other_clusters=True)
@@ -274,7 +244,7 @@ REFUSED_PLANS = {
     "command_without_admin_config": (
         "15.18",
         {"installer": "command", "new_bindir": ""},
-        minor.INSTALL_COMMAND_VARIABLE,
+        fields.INSTALL_COMMAND_VARIABLE,
     ),
     "command_without_version": (
         "15.18",
@@ -285,7 +255,7 @@ REFUSED_PLANS = {
 
 
 def plan_context(cluster: Cluster, **over: Any) -> RunContext:
-    params = minor.validate_params({k: v for k, v in minor_conf(cluster, **over).items()})
+    params = fields.validate_params({k: v for k, v in minor_conf(cluster, **over).items()})
     run_id = f"plan-only-{os.getpid()}-{id(params)}"
     return RunContext(
         dag_id=UPGRADE,
@@ -304,33 +274,35 @@ def test_plan_refusals_and_a_plan(pool: Pool) -> None:
         over = resolve(over)
         command = over.pop("@command", None)
         with pytest.raises((PlanError, ConfigError)) as err:
-            minor.plan(plan_context(clusters[version], **over), install_command=command)
+            minor_plan.plan(plan_context(clusters[version], **over), install_command=command)
         assert message in str(err.value), (case, err.value)
     for cluster in clusters.values():
         assert Service(cluster).is_running()
     # a plan that goes ahead: what the rollback will need is recorded
-    p = minor.plan(plan_context(clusters["15.18"]))
+    p = plans.to_json(minor_plan.plan(plan_context(clusters["15.18"])))
     assert p["old"]["version"] == "15.18" and p["old"]["version_text"].startswith("PostgreSQL 15.18")
     assert p["old"]["bindir"] == clusters["15.18"].bindir and p["new"]["version_num"] == 150020
     assert p["initdb"]["locale"] and p["space"]["free_data"] > 0
     # downgrade allowed; the command installer renders both ways
     argv = ["/usr/local/sbin/pg-switch", "{major}", "{version}"]
-    p = minor.plan(
-        plan_context(
-            clusters["15.20"],
-            target_version="15.18",
-            allow_downgrade=True,
-            installer="command",
-            new_bindir="",
-            ack_other_clusters=True,
-        ),
-        install_command=argv,
+    p = plans.to_json(
+        minor_plan.plan(
+            plan_context(
+                clusters["15.20"],
+                target_version="15.18",
+                allow_downgrade=True,
+                installer="command",
+                new_bindir="",
+                ack_other_clusters=True,
+            ),
+            install_command=argv,
+        )
     )
     assert p["command"]["install"] == ["/usr/local/sbin/pg-switch", "15", "15.18"]
     assert p["command"]["rollback"] == ["/usr/local/sbin/pg-switch", "15", "15.20"]
     assert p["method"] == "minor downgrade (command)"
     # already there: the DAG's gate ends the run green and untouched
-    assert minor.plan(plan_context(clusters["15.20"]))["already_upgraded"] is True
+    assert plans.to_json(minor_plan.plan(plan_context(clusters["15.20"])))["already_upgraded"] is True
 
 
 def test_validate_params_refuses_bad_conf() -> None:
@@ -343,7 +315,7 @@ def test_validate_params_refuses_bad_conf() -> None:
         ({"target_version": "15.20", "new_bindir": "/x/bin", "install_command": ["rm", "-rf", "/"]}, "install_command"),
     ]:
         with pytest.raises(ConfigError) as err:
-            minor.validate_params(conf)
+            fields.validate_params(conf)
         assert err.value.field == field, (conf, err.value)
 
 

@@ -16,11 +16,9 @@ import pytest
 
 from pgupgrade.sql import connect
 
-from airflow_helpers import run
+from airflow_helpers import assert_rolled_back, run, upgrade_conf
 from conftest import register_connection
 from pgharness import APP_DB
-from test_major_rollback import assert_rolled_back
-from test_major_upgrade import upgrade_conf
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 SECRET = "S3cret-Pa55word-for-the-test"

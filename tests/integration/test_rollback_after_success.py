@@ -14,9 +14,8 @@ import pytest
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState
 
-from airflow_helpers import report_of, run
-from pgharness import APP_DB, Pool
-from test_major_upgrade import served_version, track_new, upgrade_conf
+from airflow_helpers import report_of, run, upgrade_conf
+from pgharness import APP_DB, Pool, served_version, track_new
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 STATE = Path(os.environ["PGUPGRADE_STATE_DIR"])

@@ -5,13 +5,12 @@ a manual run the scheduled-run dispatch does nothing."""
 from __future__ import annotations
 
 import pytest
-from test_minor_upgrade import minor_conf
 
-from pgupgrade import minor
+from pgupgrade.minor import fields as minor_fields
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState, state_root
 
-from airflow_helpers import run
+from airflow_helpers import minor_conf, run
 from pgharness import Pool
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
@@ -24,13 +23,13 @@ def test_minor_upgrade_of_a_cluster_already_at_the_target_ends_green_untouched(
     with connect(cluster) as conn:
         started = scalar(conn, "SELECT pg_postmaster_start_time()")
     conf = minor_conf(cluster)
-    dr, states = run(minor.DAG_ID, conf)
+    dr, states = run(minor_fields.DAG_ID, conf)
     assert dr.state == "success", states
     assert states["manual_only"] == "success" and states["trigger_cluster_runs"] == "skipped", states
     assert states["plan.plan"] == "success" and states["plan.dry_run_gate"] == "success", states
     for task_id in ("pre_upgrade.backup", "stop.block_logins", "cutover", "report"):
         assert states[task_id] == "skipped", (task_id, states)
-    plan = RunState.for_run(minor.DAG_ID, dr.run_id, state_root()).load("plan")
+    plan = RunState.for_run(minor_fields.DAG_ID, dr.run_id, state_root()).load("plan")
     assert plan["already_upgraded"] is True  # dry_run_gate logs "nothing to do: <reason>"
     assert plan["reason"] == "the cluster already runs 15.20"
     with connect(cluster) as conn:

@@ -4,7 +4,7 @@ stand-in; the seed's "Verification Commands" adapted to this project; and every 
 its generated guide page.
 
 Where the seed differs: its scripts live in docs/operations/upgrade/scripts/; here docs/operations/upgrade/ holds
-only pages that docs/generate.py writes (tests/test_docs.py refuses any other page there), and the scripts live in
+only pages that docs/generate/ writes (tests/test_docs.py refuses any other page there), and the scripts live in
 include/ — next to the library and in the Docker image — so the verification checks them at those paths.
 """
 
@@ -297,7 +297,7 @@ def test_post_upgrade_validation_fails_on_a_disabled_trigger_and_an_invalid_inde
 def _generator():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("docs_generate", ROOT / "docs" / "generate.py")
+    spec = importlib.util.spec_from_file_location("docs_generate", ROOT / "docs" / "generate" / "__init__.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -325,7 +325,7 @@ def test_seed_scripts_exist_and_are_executable():
 @pytest.mark.parametrize("page", gen.GUIDES)
 def test_seed_guides_have_required_sections(page):
     # the seed's grep -q over every guide; pages that are not procedures (index, troubleshooting, compatibility
-    # tables: Page.guide=False in docs/generate.py) have no rollback of their own and are left out
+    # tables: Page.guide=False in docs/generate/pages.py) have no rollback of their own and are left out
     text = (DOCS / page).read_text()
     missing = [s for s in ("Prerequisites", "Rollback", "Success Criteria") if s not in text]
     assert not missing, f"{page} lacks {missing}"
@@ -372,7 +372,7 @@ def pages_of(dags: dict) -> dict[str, list[str]]:
         if not page.dag or page.dag not in dags:
             continue
         out.setdefault(page.dag, []).append(page.path)
-        for rollback in dags[page.dag]["triggers"][:1]:  # generate.rollback_of: the first trigger
+        for rollback in dags[page.dag]["triggers"][:1]:  # generate.dags.rollback_of: the first trigger
             out.setdefault(rollback, []).append(page.path)
         for after in page.after:
             out.setdefault(after, []).append(page.path)
@@ -391,7 +391,7 @@ def test_every_task_id_appears_on_its_guide_page(dag_tasks):
             text = (DOCS / page).read_text()
             for task_id, group in dag_tasks[dag_id]["tasks"]:
                 short = task_id[len(group) + 1 :] if group else task_id
-                # a row of a task table (generate.tasks_section): | n | `short` | ...
+                # a row of a task table (generate.dags.tasks_section): | n | `short` | ...
                 if not re.search(rf"^\| \d+ \| `{re.escape(short)}` \|", text, re.M):
                     missing.append(f"{page}: {dag_id}.{task_id}")
                 if group and f"**{group}** (task group)" not in text:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_minor_upgrade import ROLLBACK, UPGRADE, data_checks_out, minor_conf, same_rows, served
 
 from pgupgrade import facts
 from pgupgrade.airflow.connections import host_for
@@ -28,8 +27,8 @@ from pgupgrade.cluster import Cluster
 from pgupgrade.commands import SSHConnectionLost, SSHHost
 from pgupgrade.state import RunState, state_root
 
-from airflow_helpers import run, run_triggered_rollback
-from pgharness import Pool, installation
+from airflow_helpers import ROLLBACK, UPGRADE, minor_conf, run, run_triggered_rollback
+from pgharness import Pool, data_checks_out, installation, same_rows, served
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 SSHD = "/usr/sbin/sshd"

@@ -16,10 +16,11 @@ from pathlib import Path
 import fault_matrix as fm
 import pytest
 
-from pgupgrade import major, profiles, versions
+from pgupgrade import profiles, versions
 from pgupgrade.commands import LocalHost
 from pgupgrade.context import RunContext
 from pgupgrade.errors import LockHeld, UnsafeState
+from pgupgrade.major import cutover, fields
 from pgupgrade.params import validate
 from pgupgrade.scratch import InitdbOptions, initdb
 from pgupgrade.state import ClusterLock, RunState, state_root
@@ -122,7 +123,7 @@ def test_worker_killed_mid_pg_upgrade_then_rerun_and_rollback(pool: Pool) -> Non
     rc = RunContext(
         dag_id=LINK.dag_id,
         run_id=run_id,
-        params=validate(major.FIELDS, case.conf),
+        params=validate(fields.FIELDS, case.conf),
         cluster=cluster,
         host=LocalHost(),
         state=state,
@@ -130,7 +131,7 @@ def test_worker_killed_mid_pg_upgrade_then_rerun_and_rollback(pool: Pool) -> Non
         spec={"from_major": 15, "to_major": 16},
     )
     with pytest.raises(UnsafeState, match="twice on a half-built directory"):
-        major.run_pg_upgrade(rc, plan)
+        cutover.run_pg_upgrade(rc)
     with pytest.raises(UnsafeState, match="not empty"):
         initdb(versions.inspect(case.conf["new_bindir"], rc.host), new_datadir, InitdbOptions(**plan["initdb"]))
     assert sorted(os.listdir(new_datadir)) == new_files

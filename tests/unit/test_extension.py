@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pgupgrade import backup, profiles
-from pgupgrade import extension as ext
 from pgupgrade.errors import ConfigError, PlanError
+from pgupgrade.extension import fields, source
 from pgupgrade.sql import load
 
 PROFILE = profiles.get("pg_tviews")
@@ -15,16 +15,20 @@ MINOR = {"kind": "minor"}
 
 
 def test_versions_compare_numerically():
-    assert ext.vtuple("0.1.10") > ext.vtuple("0.1.9")
-    assert ext.series("0.1.5") == "0.1"
+    assert fields.vtuple("0.1.10") > fields.vtuple("0.1.9")
+    assert fields.series("0.1.5") == "0.1"
     with pytest.raises(PlanError):
-        ext.vtuple("0.2beta")
+        fields.vtuple("0.2beta")
 
 
 def test_changes_between_versions():
-    assert ext.between(PROFILE.removed_functions, "0.1.5", "0.2.0") == ["pg_tviews_refresh_async"]
-    assert ext.between(PROFILE.removed_functions, "0.1.5", "0.1.6") == []
-    assert ext.between(PROFILE.added_columns, "0.1.6", "0.2.0") == ["query_plan", "source_hash", "stats_last_computed"]
+    assert fields.between(PROFILE.removed_functions, "0.1.5", "0.2.0") == ["pg_tviews_refresh_async"]
+    assert fields.between(PROFILE.removed_functions, "0.1.5", "0.1.6") == []
+    assert fields.between(PROFILE.added_columns, "0.1.6", "0.2.0") == [
+        "query_plan",
+        "source_hash",
+        "stats_last_computed",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -40,7 +44,7 @@ def test_changes_between_versions():
     ],
 )
 def test_version_verdict(spec, current, target, ok):
-    verdict = ext.version_verdict(PROFILE, spec, current, target)
+    verdict = fields.version_verdict(PROFILE, spec, current, target)
     if ok is True:
         assert verdict is None
     elif ok == "already":
@@ -50,27 +54,27 @@ def test_version_verdict(spec, current, target, ok):
 
 
 def test_target_must_be_in_the_dags_series():
-    ext.check_target(SERIES, "0.2.1")
-    ext.check_target(MINOR, "0.1.7")
+    fields.check_target(SERIES, "0.2.1")
+    fields.check_target(MINOR, "0.1.7")
     with pytest.raises(ConfigError, match="target_version"):
-        ext.check_target(SERIES, "0.1.6")
+        fields.check_target(SERIES, "0.1.6")
 
 
 def test_source_configuration_is_admin_only_and_rollback_ready():
-    assert ext.resolve_source("installed", lambda _: None).kind == "installed"
+    assert source.resolve_source("installed", lambda _: None).kind == "installed"
     with pytest.raises(ConfigError, match="source_dir"):
-        ext.resolve_source("copy", lambda _: None)
+        source.resolve_source("copy", lambda _: None)
     with pytest.raises(ConfigError, match="version"):  # the rollback needs the old version's directory too
-        ext.resolve_source("copy", lambda _: "/srv/pg_tviews")
+        source.resolve_source("copy", lambda _: "/srv/pg_tviews")
     with pytest.raises(ConfigError):
-        ext.resolve_source("copy", lambda _: "relative/{version}")
-    src = ext.resolve_source("copy", lambda _: "/srv/pg_tviews/{version}")
+        source.resolve_source("copy", lambda _: "relative/{version}")
+    src = source.resolve_source("copy", lambda _: "/srv/pg_tviews/{version}")
     assert src.directory("0.1.5") == "/srv/pg_tviews/0.1.5"
-    cmd = ext.resolve_source("command", lambda _: ["/usr/local/sbin/install", "{extname}", "{version}"])
+    cmd = source.resolve_source("command", lambda _: ["/usr/local/sbin/install", "{extname}", "{version}"])
     assert cmd.argv("0.2.0", "pg_tviews") == ["/usr/local/sbin/install", "pg_tviews", "0.2.0"]
     with pytest.raises(ConfigError):
         cmd.argv("0.2.0; rm -rf /", "pg_tviews")
-    assert ext.Source.from_dict(cmd.as_dict()) == cmd
+    assert source.Source.from_dict(cmd.as_dict()) == cmd
 
 
 def test_toc_lookup():
@@ -126,8 +130,8 @@ def test_copy_installs_scripts_and_libraries_as_root():
 
     cluster = Cluster("c", "/tmp/sock", 5432, "postgres", "postgres", "/opt/pg/bin", "/var/lib/pg/data")
     host = FakeHost(["pg_tviews.control", "pg_tviews--0.1.5--0.2.0.sql", "pg_tviews--0.2.0.sql", "pg_tviews.so"])
-    src = ext.resolve_source("copy", lambda _: "/srv/pg_tviews/{version}")
-    out = ext.install_files(cluster, host, src, "0.2.0", "pg_tviews")
+    src = source.resolve_source("copy", lambda _: "/srv/pg_tviews/{version}")
+    out = source.install_files(cluster, host, src, "0.2.0", "pg_tviews")
     installs = [(argv, user) for argv, user in host.calls if argv[0] == "install"]
     d = "/srv/pg_tviews/0.2.0"
     scripts = [f"{d}/pg_tviews--0.1.5--0.2.0.sql", f"{d}/pg_tviews--0.2.0.sql", f"{d}/pg_tviews.control"]
@@ -137,4 +141,4 @@ def test_copy_installs_scripts_and_libraries_as_root():
     ]
     assert out["from"] == "/srv/pg_tviews/0.2.0"
     with pytest.raises(Exception, match="control"):
-        ext.install_files(cluster, FakeHost(["pg_tviews--0.2.0.sql"]), src, "0.2.0", "pg_tviews")
+        source.install_files(cluster, FakeHost(["pg_tviews--0.2.0.sql"]), src, "0.2.0", "pg_tviews")

@@ -1,11 +1,19 @@
-"""Minor upgrade without servers: params, apt-cache policy / pg_lsclusters / ps parsing, the admin command."""
+"""Minor upgrade without servers: params, apt-cache policy / pg_lsclusters / ps parsing, the admin command, plans
+recorded before MinorPlan."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
-from pgupgrade import installers, minor
-from pgupgrade.errors import ConfigError
+from pgupgrade import plans
+from pgupgrade.errors import ConfigError, UnsafeState
+from pgupgrade.install_command import parse_install_command
+from pgupgrade.minor import fields, installers
+from pgupgrade.minor.fields import Installer
+from pgupgrade.minor.plan import MinorPlan
 
 POLICY = """\
 postgresql-15:
@@ -77,25 +85,106 @@ def test_lsclusters_and_postmasters() -> None:
 
 
 def test_install_command_comes_from_admin_config_with_version() -> None:
-    argv = installers.parse_install_command('["/usr/local/sbin/pg-install", "{major}", "{version}"]', "Variable v")
+    argv = parse_install_command('["/usr/local/sbin/pg-install", "{major}", "{version}"]', "Variable v")
     assert installers.render_command(argv, "15.20") == ["/usr/local/sbin/pg-install", "15", "15.20"]
     for bad in ('"yum install postgresql"', "[]", '["/bin/true"]', "[1]", "not json"):
         with pytest.raises(ConfigError):
-            installers.parse_install_command(bad, "Variable v")
+            parse_install_command(bad, "Variable v")
     with pytest.raises(ConfigError):
         installers.render_command(argv, "15.20; rm -rf /")
 
 
 def test_params() -> None:
-    p = minor.validate_params({"target_version": "15.20", "new_bindir": "/opt/pg/15.20/bin"})
+    p = fields.validate_params({"target_version": "15.20", "new_bindir": "/opt/pg/15.20/bin"})
     assert p["installer"] == "bindir" and p["min_free_gb"] == 20 and p["allow_downgrade"] is False
     assert p["ack_other_clusters"] is False and p["dry_run"] is False
-    assert minor.validate_params({"target_version": "15.20", "installer": "apt"})["new_bindir"] == ""
+    assert fields.validate_params({"target_version": "15.20", "installer": "apt"})["new_bindir"] == ""
     with pytest.raises(ConfigError) as err:
-        minor.validate_params({"target_version": "15.20", "new_bindir": "/opt/../etc"})
+        fields.validate_params({"target_version": "15.20", "new_bindir": "/opt/../etc"})
     assert err.value.field == "new_bindir"
     with pytest.raises(ConfigError) as err:
-        minor.validate_params({"target_version": "15.20", "installer": "apt", "min_free_gb": -1})
+        fields.validate_params({"target_version": "15.20", "installer": "apt", "min_free_gb": -1})
     assert err.value.field == "min_free_gb"
-    rollback_fields = {f.name: f for f in minor.ROLLBACK_FIELDS}
-    assert rollback_fields["upgrade_dag_id"].default == minor.DAG_ID
+    rollback_fields = {f.name: f for f in fields.ROLLBACK_FIELDS}
+    assert rollback_fields["upgrade_dag_id"].default == fields.DAG_ID
+
+
+def _recorded_by_the_dict_code(installer: str) -> dict[str, Any]:
+    """A plan as minor.plan wrote it before MinorPlan (no schema_version), one per installer."""
+    return {
+        "already_upgraded": False,
+        "installer": installer,
+        "old": {
+            "version": "15.18",
+            "version_num": 150018,
+            "version_text": "PostgreSQL 15.18 on x86_64-pc-linux-gnu",
+            "bindir": "/usr/lib/postgresql/15/bin",
+            "datadir": "/var/lib/postgresql/15/main",
+        },
+        "new": {
+            "version": "15.20",
+            "version_num": 150020,
+            "bindir": "/opt/pg/15.20/bin" if installer == "bindir" else "/usr/lib/postgresql/15/bin",
+            "datadir": "/var/lib/postgresql/15/main",
+        },
+        "connection_bindir": "/usr/lib/postgresql/15/bin",
+        "method": f"minor upgrade ({installer})",
+        "transfer_mode": None,
+        "method_reason": "why",
+        "apt": {
+            "packages": {"postgresql-15": "15.20-0+deb12u1", "postgresql-client-15": "15.20-0+deb12u1"},
+            "previous_packages": {"postgresql-15": "15.18-0+deb12u1", "postgresql-client-15": "15.18-0+deb12u1"},
+            "installed_before": {"postgresql-15": "15.18-0+deb12u1", "postgresql-client-15": None},
+        }
+        if installer == "apt"
+        else None,
+        "command": {
+            "argv": ["/usr/local/sbin/pg-switch", "{major}", "{version}"],
+            "install": ["/usr/local/sbin/pg-switch", "15", "15.20"],
+            "rollback": ["/usr/local/sbin/pg-switch", "15", "15.18"],
+        }
+        if installer == "command"
+        else None,
+        "other_clusters": [] if installer == "bindir" else ["15/other (online, port 5433, /srv/pg/other)"],
+        "databases": ["app", "postgres"],
+        "data_bytes": 123456789,
+        "initdb": {
+            "encoding": "UTF8",
+            "locale": "C.UTF-8",
+            "checksums": True,
+            "wal_segsize_mb": 16,
+            "superuser": "postgres",
+            "auth": "trust",
+        },
+        "backup_dir": "/var/backups/pg/run1",
+        "space": {
+            "free_data": 10 * 2**30,
+            "free_backup": 10 * 2**30,
+            "need_backup": 135802467,
+            "min_free": 2**30,
+            "same_filesystem": True,
+        },
+        "warnings": [],
+        "outage_estimate_s": {"bindir": 10.0, "apt": 90.0, "command": 60.0}[installer],
+    }
+
+
+@pytest.mark.parametrize("installer", ["bindir", "apt", "command"])
+def test_a_plan_recorded_before_minor_plan_reads_and_writes_the_same_json(installer: str) -> None:
+    old = _recorded_by_the_dict_code(installer)
+    got = plans.recorded(MinorPlan, json.loads(json.dumps(old)))
+    assert isinstance(got, MinorPlan)
+    assert got.installer is Installer(installer) and got.installer == installer
+    assert got.old.version_text == old["old"]["version_text"] and got.initdb.locale == "C.UTF-8"
+    assert (got.apt is None) == (installer != "apt") and (got.command is None) == (installer != "command")
+    assert plans.to_json(got) == {**old, "schema_version": plans.SCHEMA_VERSION}
+    assert list(plans.to_json(got))[:-1] == list(old)  # the same keys, in the same order
+    assert plans.from_json(MinorPlan, plans.to_json(got)) == got
+
+
+def test_a_plan_with_nothing_to_do_or_none_is_not_a_minor_plan() -> None:
+    already = {"already_upgraded": True, "running": "15.20", "reason": "the cluster already runs 15.20"}
+    assert plans.recorded(MinorPlan, already) == plans.AlreadyThere(running="15.20", reason=already["reason"])
+    assert plans.recorded(MinorPlan, None) is None and plans.recorded(MinorPlan, {}) is None
+    with pytest.raises(UnsafeState):  # a plan of other code is refused, not half-read
+        plans.recorded(MinorPlan, {**_recorded_by_the_dict_code("bindir"), "rehearsal": True})

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgupgrade import major
 from pgupgrade.errors import ConfigError
+from pgupgrade.major import fields
 from pgupgrade.params import validate
 
-F = major.FIELDS
+F = fields.FIELDS
 
 
 def test_defaults_are_valid():
@@ -42,9 +42,9 @@ def test_bad_values_name_the_field(conf, field):
 
 def test_cross_field_checks():
     with pytest.raises(ConfigError, match="transfer_mode"):
-        major.cross_checks(validate(F, {"method": "dump_restore", "transfer_mode": "swap"}))
+        fields.cross_checks(validate(F, {"method": "dump_restore", "transfer_mode": "swap"}))
     with pytest.raises(ConfigError, match="backup_dir"):
-        major.cross_checks(validate(F, {"new_datadir": "/d/16", "backup_dir": "/d/16/backup"}))
+        fields.cross_checks(validate(F, {"new_datadir": "/d/16", "backup_dir": "/d/16/backup"}))
 
 
 hostile_text = st.one_of(

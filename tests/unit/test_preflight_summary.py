@@ -8,8 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from pgupgrade import major, preflight, windows
+from pgupgrade import preflight, windows
 from pgupgrade.errors import ConfigError
+from pgupgrade.major import fields as major_fields
+from pgupgrade.major import plan as major_plan
 
 
 def test_cluster_list_from_file_and_env(tmp_path, monkeypatch):
@@ -35,7 +37,7 @@ def test_params_have_valid_defaults_and_reach_the_major_plan():
     p = validate(fields, {"target_major": 17, "method": "dump_restore"})
     mp = preflight.major_params(p, "pg_a")
     assert mp["postgres_conn_id"] == "pg_a" and mp["target_major"] == 17 and mp["method"] == "dump_restore"
-    assert set(mp) == {f.name for f in [*major.FIELDS, major.TARGET_MAJOR]}
+    assert set(mp) == {f.name for f in [*major_fields.FIELDS, major_fields.TARGET_MAJOR]}
     assert mp["dry_run"] is False and mp["window_end"] == ""
 
 
@@ -43,7 +45,7 @@ def test_a_held_lock_means_busy_and_the_cluster_is_not_probed(monkeypatch):
     def boom(ctx):
         raise AssertionError("plan must not run while a run holds the lock")
 
-    monkeypatch.setattr(major, "plan", boom)
+    monkeypatch.setattr(major_plan, "plan", boom)
     ctx = SimpleNamespace(
         params={"postgres_conn_id": "pg_a", "target_major": 18},
         lock=SimpleNamespace(holder=lambda: {"dag_id": "pg15_to_pg16_upgrade", "run_id": "r1"}),

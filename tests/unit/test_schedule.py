@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from pgupgrade import minor, preflight, schedule
+from pgupgrade import preflight, schedule
 from pgupgrade.errors import ConfigError
+from pgupgrade.minor import fields as minor_fields
 
 UTC = dt.UTC
 START, END = dt.datetime(2026, 11, 29, 1, 0, tzinfo=UTC), dt.datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -32,7 +33,7 @@ def entries() -> list[schedule.ClusterEntry]:
 
 
 def test_dispatch_one_run_per_cluster_configured_for_the_dag() -> None:
-    runs = schedule.dispatch(entries(), minor.DAG_ID, minor.FIELDS, START, END)
+    runs = schedule.dispatch(entries(), minor_fields.DAG_ID, minor_fields.FIELDS, START, END)
     assert [r["trigger_run_id"] for r in runs] == [
         "window__pg_main__2026-11-29T01:00:00+00:00",
         "window__pg_other__2026-11-29T01:00:00+00:00",
@@ -44,20 +45,23 @@ def test_dispatch_one_run_per_cluster_configured_for_the_dag() -> None:
     }
     assert runs[1]["conf"]["dry_run"] is True
     # same window, same ids: a second dispatch starts nothing new (TriggerDagRunOperator skips existing runs)
-    assert schedule.dispatch(entries(), minor.DAG_ID, minor.FIELDS, START, END) == runs
+    assert schedule.dispatch(entries(), minor_fields.DAG_ID, minor_fields.FIELDS, START, END) == runs
     # a DAG nobody names: nothing; no window end known: no window_end in the conf
-    assert schedule.dispatch(entries(), "pg16_to_pg17_upgrade", minor.FIELDS, START, END) == []
-    assert "window_end" not in schedule.dispatch(entries(), minor.DAG_ID, minor.FIELDS, START, None)[0]["conf"]
+    assert schedule.dispatch(entries(), "pg16_to_pg17_upgrade", minor_fields.FIELDS, START, END) == []
+    assert (
+        "window_end"
+        not in schedule.dispatch(entries(), minor_fields.DAG_ID, minor_fields.FIELDS, START, None)[0]["conf"]
+    )
 
 
 def test_bad_defaults_fail_the_dispatch_naming_cluster_and_field() -> None:
     bad = {"clusters": [{"conn_id": "pg_main", "dags": {"pg_minor_upgrade": {**MINOR_DEFAULTS, "jobs": 0}}}]}
     with pytest.raises(ConfigError) as err:
-        schedule.dispatch(schedule.parse_entries(bad, "f"), minor.DAG_ID, minor.FIELDS, START, END)
+        schedule.dispatch(schedule.parse_entries(bad, "f"), minor_fields.DAG_ID, minor_fields.FIELDS, START, END)
     assert err.value.field == "clusters file: pg_main.dags.pg_minor_upgrade.jobs", err.value
     typo = {"clusters": [{"conn_id": "pg_main", "dags": {"pg_minor_upgrade": {"target_versoin": "15.20"}}}]}
     with pytest.raises(ConfigError, match="target_versoin"):
-        schedule.dispatch(schedule.parse_entries(typo, "f"), minor.DAG_ID, minor.FIELDS, START, END)
+        schedule.dispatch(schedule.parse_entries(typo, "f"), minor_fields.DAG_ID, minor_fields.FIELDS, START, END)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +90,7 @@ def test_preflight_reads_both_entry_forms(tmp_path: Any, monkeypatch: pytest.Mon
     assert preflight.load_clusters() == ["pg_reporting", "pg_main", "pg_other", "pg_ext_only"]
 
 
-def _context(run_type: str, dag_id: str = minor.DAG_ID) -> dict[str, Any]:
+def _context(run_type: str, dag_id: str = minor_fields.DAG_ID) -> dict[str, Any]:
     return {
         "dag_run": SimpleNamespace(run_type=run_type),
         "dag": SimpleNamespace(dag_id=dag_id),
@@ -109,7 +113,7 @@ def test_the_task_dispatches_only_in_scheduled_runs(tmp_path: Any, monkeypatch: 
         ctx = _context(run_type)
         monkeypatch.setattr(sched, "get_current_context", lambda ctx=ctx: ctx)
         monkeypatch.setattr("airflow.sdk.get_current_context", lambda ctx=ctx: ctx)
-        runs = sched.cluster_runs(minor.FIELDS)
+        runs = sched.cluster_runs(minor_fields.FIELDS)
         assert len(runs) == want, run_type
         assert sched.is_scheduled(ctx) is (run_type == "scheduled")
     assert runs[0]["conf"]["window_end"] == END.isoformat()  # the window of the scheduled run

@@ -19,7 +19,7 @@ from typing import Any
 from airflow.sdk import BaseNotifier, Connection, Variable
 
 from pgupgrade.notify import as_text, message
-from pgupgrade.state import RunState
+from pgupgrade.state import store as run_store
 
 log = logging.getLogger(__name__)
 NOTIFY_VARIABLE = "pgupgrade_notify"
@@ -148,7 +148,7 @@ def send(
         context = get_current_context()
     msg = message(
         event,
-        RunState.for_run(dag_id, run_id),
+        run_store().run(dag_id, run_id),
         cluster=cluster,
         run_link=run_link or _run_link(context),
         detail=detail,

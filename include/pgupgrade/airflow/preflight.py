@@ -14,7 +14,7 @@ from pgupgrade import preflight, windows
 from pgupgrade.airflow import runtime as rt
 from pgupgrade.context import RunContext
 from pgupgrade.params import Field
-from pgupgrade.state import RunState
+from pgupgrade.state import store as run_store
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def summary(fields: list[Field], results: Any) -> dict[str, Any]:
         got.append({"cluster": conn_id, "status": "not ready", "reasons": ["the check task failed"], "warnings": []})
         got[-1]["target_major"] = p["target_major"]
     rep = preflight.summarize(got, dag_id=dag_id, run_id=run_id)
-    paths = preflight.write_report(RunState.for_run(dag_id, run_id), rep)
+    store = run_store()
+    paths = preflight.write_report(store.run(dag_id, run_id), rep, root=store.root)
     log.info("preflight report: %s\n%s", paths["markdown"], preflight.markdown(rep))
     out = {k: rep[k] for k in ("ready", "up_to_date", "not_ready", "busy")}
     out["report"] = paths

@@ -19,7 +19,8 @@ from pgupgrade.airflow.connections import cluster_from_conn_id, host_for
 from pgupgrade.context import RunContext
 from pgupgrade.errors import ConfigError, PgUpgradeError
 from pgupgrade.params import Field, validate
-from pgupgrade.state import RunState
+from pgupgrade.state import RunJournal
+from pgupgrade.state import store as run_store
 
 log = logging.getLogger(__name__)
 API_CONN_ID = "pgupgrade_airflow_api"
@@ -76,7 +77,7 @@ def run_context(
         params=clean,
         cluster=cluster,
         host=host_for(cluster),
-        state=RunState.for_run(dag_id, run_id),
+        state=run_store().run(dag_id, run_id),
         profile=profiles.get(clean.get("extension_profile", "pg_tviews")),
         spec=spec or {},
     )
@@ -90,7 +91,7 @@ def _injected_failures() -> set[str]:
     return {s.strip() for s in os.environ.get("PGUPGRADE_INJECT_FAILURE", "").split(",") if s.strip()}
 
 
-def journaled(state: RunState, step: str, fn: Callable[[], Any]) -> Any:
+def journaled(state: RunJournal, step: str, fn: Callable[[], Any]) -> Any:
     """Runs fn, recording the step's outcome and duration in the run's journal."""
     started = time.monotonic()
     try:
@@ -289,7 +290,7 @@ def rollback_callback(rollback_dag_id: str) -> Callable[[dict[str, Any]], None]:
         if str(getattr(dag_run, "run_type", "")).lower().endswith("scheduled"):
             return  # a scheduled run only dispatches per-cluster runs: it never touches a cluster
         dag_id, run_id = dag_run.dag_id, dag_run.run_id
-        state = RunState.for_run(dag_id, run_id)
+        state = run_store().run(dag_id, run_id)
         if not state.events():
             log.info("run %s changed nothing: no rollback needed", run_id)
             return
@@ -416,7 +417,7 @@ def failure_tail(dag: Any, rollback_dag_id: str, fields: list[Field]) -> None:
         ctx = get_current_context()
         dag_id, run_id = ctx["dag"].dag_id, ctx["run_id"]
         failed = failed_tasks()
-        state = RunState.for_run(dag_id, run_id)
+        state = run_store().run(dag_id, run_id)
         try:
             rc = run_context(fields)
         except Exception:
@@ -431,7 +432,7 @@ def failure_tail(dag: Any, rollback_dag_id: str, fields: list[Field]) -> None:
             raise AirflowFailException(f"tasks failed: {', '.join(failed)}")
         return "run finished"
 
-    def _check_rollback_started(ctx: Any, failed: list[str], state: RunState, rc: RunContext | None) -> None:
+    def _check_rollback_started(ctx: Any, failed: list[str], state: RunJournal, rc: RunContext | None) -> None:
         """The loud alert when the rollback run was not created (trigger_rollback failed) or cannot start (the
         rollback DAG is paused: the run stays queued); journaled so the DAG callback does not repeat it."""
         rb_run = rollback_run_id(ctx["run_id"])
@@ -569,7 +570,7 @@ def hook_task(name: str, fields: list[Field], spec: dict[str, Any] | None, doc: 
 def write_failure_report(rc: RunContext, failed: list[str]) -> None:
     """The report of a failed run: failed steps with their errors, pg_upgrade's logs, the server log tail."""
     from pgupgrade import report
-    from pgupgrade.cluster import Service
+    from pgupgrade.cluster import service_for
     from pgupgrade.scratch import log_tail
 
     errors = [e for e in rc.state.events() if e["event"] == "step" and e["status"] == "failed"]
@@ -579,11 +580,11 @@ def write_failure_report(rc: RunContext, failed: list[str]) -> None:
         "pg_upgrade_logs": rc.state.load("pg_upgrade_logs"),
     }
     try:
-        failure["server_log_tail"] = log_tail(rc.host, Service(rc.cluster, rc.host))
+        failure["server_log_tail"] = log_tail(rc.host, service_for(rc.cluster, rc.host))
     except PgUpgradeError as exc:
         failure["server_log_tail"] = f"unavailable: {exc}"
     rep = report.build(rc.state, status="failed", extra={"failure": failure})
-    report.write(rc.state, rep)
+    report.write(rc.state, rep, root=rc.store.root)
 
 
 def plan_phase(

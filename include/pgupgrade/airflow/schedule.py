@@ -18,7 +18,7 @@ from pgupgrade import schedule
 from pgupgrade.airflow import runtime as rt
 from pgupgrade.airflow.windows import run_window_from_context
 from pgupgrade.params import Field
-from pgupgrade.state import RunState
+from pgupgrade.state import store as run_store
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def cluster_runs(fields: list[Field]) -> list[dict[str, Any]]:
         entries = schedule.read_entries(path)
         return schedule.dispatch(entries, dag_id, fields, logical, window.end if window else None)
 
-    runs: list[dict[str, Any]] = rt.journaled(RunState.for_run(dag_id, run_id), "cluster_runs", _dispatch)
+    runs: list[dict[str, Any]] = rt.journaled(run_store().run(dag_id, run_id), "cluster_runs", _dispatch)
     for r in runs:
         log.info("window run %s with conf %s", r["trigger_run_id"], r["conf"])
     if not runs:

@@ -7,8 +7,9 @@ A minor release changes only the binaries; the data directory stays. Three ways 
   from it (``pg_ctl`` service only: systemd units and ``pg_ctlcluster`` fix the bin directory themselves).
 - ``apt``: ``apt-get install postgresql-N=<version> postgresql-client-N=<version>`` replaces
   ``/usr/lib/postgresql/N/bin`` in place, for every cluster of that major on the host.
-- ``command``: an argv list from admin configuration (never from the trigger conf), with ``{version}`` and
-  ``{major}`` filled in; it too replaces the binaries in place.
+- ``command``: an argv list from admin configuration (never from the trigger conf; checked by
+  ``pgupgrade.install_command``), with ``{version}`` and ``{major}`` filled in; it too replaces the binaries in
+  place.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host, Result
 from pgupgrade.errors import CommandError, ConfigError
 
-INSTALLERS = ("bindir", "apt", "command")
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "NEEDRESTART_MODE": "l"}
 DPKG_STATUS = "/var/lib/dpkg/status"
 _VERSION_TEXT_RE = re.compile(r"^\d+\.\d+$")
@@ -171,27 +171,6 @@ def installed_package_versions(host: Host, packages: list[str]) -> dict[str, str
 
 
 # -- the admin's install command ----------------------------------------------------------------------
-
-
-def parse_install_command(value: Any, source: str) -> list[str]:
-    """The argv list of the command installer, as the admin configured it (JSON list of strings); it must
-    name ``{version}`` so that the rollback can run the same command for the previous release."""
-    if isinstance(value, str):
-        import json
-
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(source, f"is not valid JSON: {exc}") from None
-    if not isinstance(value, list) or not value or not all(isinstance(a, str) and a for a in value):
-        raise ConfigError(source, f"must be a JSON list of non-empty strings (an argv), got {value!r}")
-    if any("\x00" in a for a in value):
-        raise ConfigError(source, "contains a NUL byte")
-    if not any("{version}" in a for a in value):
-        raise ConfigError(
-            source, "must contain {version} (the rollback runs the same command for the previous release)"
-        )
-    return list(value)
 
 
 def render_command(argv: list[str], version: str) -> list[str]:

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pgupgrade import services
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host, Result
+from pgupgrade.context import RunContext
+from pgupgrade.major.model import MajorPlan
 from pgupgrade.scratch import InitdbOptions, initdb
 from pgupgrade.sql import connect, scalar
 from pgupgrade.versions import Installation
 
 log = logging.getLogger(__name__)
 
-TRANSFER_MODES = ("link", "copy", "clone", "swap")
 # Settings that name files or identify the cluster: rewritten, never copied verbatim between majors.
 PATH_SETTINGS = ("data_directory", "hba_file", "ident_file", "external_pid_file", "config_file")
 _LINE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*(.*?)\s*$")
@@ -205,3 +207,19 @@ def dump_restore(
     return manifest
 
 
+def set_preload(host: Any, datadir: str, preload: str, user: str) -> None:
+    from pgupgrade.scratch import write_settings
+
+    write_settings(host, f"{datadir}/postgresql.conf", {"shared_preload_libraries": f"'{preload}'"}, user)
+
+
+def new_cluster(ctx: RunContext, plan_: MajorPlan, *, private: bool) -> Cluster:
+    """The new cluster as the plan has it: where only this run reaches it (``private``), or where clients do."""
+    c = ctx.cluster.with_installation(plan_.new.bindir, plan_.new.datadir)
+    if private:
+        return services.private_cluster(c, c.datadir, c.bindir, socket_for(plan_, "sock"))
+    return replace(c, confdir=None)
+
+
+def socket_for(plan_: MajorPlan, name: str) -> str:
+    return services.socket_path(f"{plan_.work_dir}/{name}")

@@ -19,58 +19,76 @@ bytes of WAL the new cluster has written since it opened, and with ``accept_data
 
 from __future__ import annotations
 
+import enum
 import logging
 from dataclasses import replace
 from typing import Any
 
-from pgupgrade import backup, checks, facts, services, versions
-from pgupgrade.cluster import Cluster, Service
+from pgupgrade import backup, facts, plans, services, versions
+from pgupgrade.cluster import Cluster, service_for
 from pgupgrade.commands import Host
 from pgupgrade.errors import CheckFailed, ConfigError, PgUpgradeError, UnsafeState
+from pgupgrade.gates import gate_for
+from pgupgrade.major.model import MajorPlan
 from pgupgrade.recovery import stop_new
 from pgupgrade.services import start_if_down
 from pgupgrade.sql import connect, fetch_named, psycopg2
-from pgupgrade.state import RunState
+from pgupgrade.state import RunJournal
 
 log = logging.getLogger(__name__)
 
-def assess(upgrade_state: RunState, old: Cluster, host: Host) -> tuple[str, str]:
+
+class RollbackPath(enum.StrEnum):
+    OLD_RUNNING = "old_running"
+    OLD_INTACT = "old_intact"
+    RESTORE_PG_CONTROL = "restore_pg_control"
+    RESTORE_BACKUP = "restore_backup"
+
+
+def recorded_plan(upgrade_state: RunJournal) -> MajorPlan | None:
+    """The upgrade run's plan, when it planned an upgrade (None: no plan recorded, or nothing to do)."""
+    plan = plans.recorded(MajorPlan, upgrade_state.load("plan"))
+    return plan if isinstance(plan, MajorPlan) else None
+
+
+def assess(upgrade_state: RunJournal, old: Cluster, host: Host) -> tuple[RollbackPath, str]:
     """(path, why) from the upgrade run's journal and the old data directory."""
-    plan = upgrade_state.load("plan") or {}
+    plan = plans.recorded(MajorPlan, upgrade_state.load("plan"))
     if upgrade_state.happened("old_cluster_deleted"):
-        return "restore_backup", "the old cluster was deleted by pg_major_upgrade_cleanup"
+        return RollbackPath.RESTORE_BACKUP, "the old cluster was deleted by pg_major_upgrade_cleanup"
     if not upgrade_state.happened("old_stop_requested"):
-        return "old_running", "the old cluster was never stopped by the upgrade run"
+        return RollbackPath.OLD_RUNNING, "the old cluster was never stopped by the upgrade run"
     if not upgrade_state.happened("transfer_started"):
-        return "old_intact", "the old cluster was stopped but no transfer began: its files are unchanged"
+        return RollbackPath.OLD_INTACT, "the old cluster was stopped but no transfer began: its files are unchanged"
     event = upgrade_state.first("transfer_started") or {}
     mode = event.get("mode")
     if event.get("method") == "dump_restore" or mode in ("copy", "clone"):
-        return "old_intact", f"{event.get('method')} {mode or ''} never writes the old data directory".replace(
-            "  ", " "
+        return (
+            RollbackPath.OLD_INTACT,
+            f"{event.get('method')} {mode or ''} never writes the old data directory".replace("  ", " "),
         )
     control = services.pg_control_state(host, old.datadir, old.os_user)
     started = upgrade_state.happened("new_started")
     if mode == "link" and not started:
         if control["pg_control.old"] and not control["pg_control"]:
-            return "restore_pg_control", (
+            return RollbackPath.RESTORE_PG_CONTROL, (
                 "link mode: pg_upgrade renamed global/pg_control to pg_control.old and the "
                 "new cluster never started, so the old files are unchanged"
             )
         if control["pg_control"]:
-            return "old_intact", "link mode, but pg_upgrade stopped before it disabled the old cluster"
+            return RollbackPath.OLD_INTACT, "link mode, but pg_upgrade stopped before it disabled the old cluster"
     why = (
         f"{mode} mode and the new cluster started (marker in the journal): the old files may share changed "
         "blocks with the new cluster"
         if started
         else f"{mode} mode after the transfer began"
     )
-    if not plan:
+    if plan is None:
         why += "; no plan on disk"
-    return "restore_backup", why
+    return RollbackPath.RESTORE_BACKUP, why
 
 
-def wal_since_open(upgrade_state: RunState, new: Cluster) -> dict[str, Any] | None:
+def wal_since_open(upgrade_state: RunJournal, new: Cluster) -> dict[str, Any] | None:
     """How much WAL the opened new cluster has written since it opened: its LSN now minus its LSN at opening
     (the ``opened`` journal event's ``wal_lsn``; else the facts taken just before opening, which also count the
     restart onto the public port). None when the new cluster does not answer or no start LSN is on record."""
@@ -95,38 +113,38 @@ def describe_wal(wal: dict[str, Any] | None) -> str:
     return f"{wal['bytes']} bytes of WAL written since {wal['since']} (LSN {wal['since_lsn']} → {wal['now_lsn']})"
 
 
-def changes_since_open(upgrade_state: RunState, old: Cluster, host: Host) -> dict[str, Any]:
+def changes_since_open(upgrade_state: RunJournal, old: Cluster, host: Host) -> dict[str, Any]:
     """What clients did to the opened new cluster: ``wal`` (wal_since_open, measured first, before this
     function writes anything) and ``changes``: the differences between its facts now and those taken before it
     opened, after blocking logins and ending client sessions (None when that cannot be measured). Logins are
     given back if anything changed (the rollback then refuses and the new cluster keeps serving)."""
-    plan = upgrade_state.load("plan") or {}
+    plan = recorded_plan(upgrade_state)
     after = upgrade_state.load("facts_after")
     out: dict[str, Any] = {"wal": None, "changes": None}
-    if not plan.get("new") or after is None:
+    if plan is None or after is None:
         return out
-    new = replace(old, bindir=plan["new"]["bindir"], datadir=plan["new"]["datadir"], confdir=None)
+    new = replace(old, bindir=plan.new.bindir, datadir=plan.new.datadir, confdir=None)
     try:
-        if not Service(new, host).accepts_connections():
+        if not service_for(new, host).accepts_connections():
             return out
         out["wal"] = wal_since_open(upgrade_state, new)
-        roles = checks.block_logins(new)
-        checks.terminate_clients(new)
+        roles = gate_for(new).block()
+        gate_for(new).terminate()
         content = any("md5" in t for db in after["databases"].values() for t in db["tables"].values())
         diffs = facts.compare(after, facts.snapshot(new, content=content))
         if diffs:
-            checks.unblock_logins(new, roles)
+            gate_for(new).unblock(roles)
         out["changes"] = diffs
     except (PgUpgradeError, psycopg2.Error) as exc:
         log.warning("cannot compare the new cluster with its facts at opening: %s", exc)
     return out
 
 
-def decide(upgrade_state: RunState, old: Cluster, host: Host, *, accept_data_loss: bool) -> dict[str, Any]:
+def decide(upgrade_state: RunJournal, old: Cluster, host: Host, *, accept_data_loss: bool) -> dict[str, Any]:
     """The path and why. After the new cluster opened to clients, going back discards what they wrote: refused
     (with the WAL byte count) when its facts differ from those at opening or cannot be compared, unless
     accept_data_loss — then the decision records the loss accepted."""
-    if not upgrade_state.dir.exists():
+    if not upgrade_state.exists():
         raise ConfigError("upgrade_run_id", f"no state for {upgrade_state.dag_id} run {upgrade_state.run_id!r}")
     done = upgrade_state.first("rolled_back")
     if done:
@@ -136,7 +154,7 @@ def decide(upgrade_state: RunState, old: Cluster, host: Host, *, accept_data_los
         )
     path, why = assess(upgrade_state, old, host)
     decision: dict[str, Any] = {"path": path, "why": why, "opened_changes": None}
-    if path != "old_running" and upgrade_state.happened("opened"):
+    if path != RollbackPath.OLD_RUNNING and upgrade_state.happened("opened"):
         since_open = changes_since_open(upgrade_state, old, host)
         opened_changes, wal = since_open["changes"], since_open["wal"]
         decision.update(opened_changes=opened_changes, wal_since_open=wal)
@@ -163,15 +181,16 @@ def decide(upgrade_state: RunState, old: Cluster, host: Host, *, accept_data_los
     return decision
 
 
-def empty_unused_new(upgrade_state: RunState, old: Cluster, host: Host) -> bool:
+def empty_unused_new(upgrade_state: RunJournal, old: Cluster, host: Host) -> bool:
     """The new data directory holds only initdb's output when no transfer began: emptied (the directory itself
     stays, it may be a mount point) so that a new run can use it. The caller has stopped the new cluster."""
-    plan = upgrade_state.load("plan") or {}
+    plan = recorded_plan(upgrade_state)
     made = upgrade_state.first("new_initdb")
     if (
         not made
         or upgrade_state.happened("transfer_started")
-        or made.get("datadir") != plan.get("new", {}).get("datadir")
+        or plan is None
+        or made.get("datadir") != plan.new.datadir
         or host.run(["test", "-d", made["datadir"]], check=False).exit_code != 0  # a failed initdb removes it
     ):
         return False
@@ -180,10 +199,10 @@ def empty_unused_new(upgrade_state: RunState, old: Cluster, host: Host) -> bool:
     return True
 
 
-def bring_back_old(path: str, upgrade_state: RunState, old: Cluster, host: Host) -> None:
+def bring_back_old(path: str, upgrade_state: RunJournal, old: Cluster, host: Host) -> None:
     stop_new(upgrade_state, old, host)  # e.g. a dump/restore into it stopped by a crash while the old one ran
     empty_unused_new(upgrade_state, old, host)
-    if path == "restore_pg_control":
+    if path == RollbackPath.RESTORE_PG_CONTROL:
         host.run(
             ["mv", "--", f"{old.datadir}/global/pg_control.old", f"{old.datadir}/global/pg_control"], user=old.os_user
         )
@@ -191,14 +210,14 @@ def bring_back_old(path: str, upgrade_state: RunState, old: Cluster, host: Host)
     start_if_down(old, host)
 
 
-def verify_old(upgrade_state: RunState, old: Cluster) -> dict[str, Any]:
+def verify_old(upgrade_state: RunJournal, old: Cluster) -> dict[str, Any]:
     before = upgrade_state.load("facts_before")
     now = facts.snapshot(
         old,
         content=bool(before and any("md5" in t for db in before["databases"].values() for t in db["tables"].values())),
     )
-    plan = upgrade_state.load("plan") or {}
-    old_version = plan.get("old", {}).get("version")
+    plan = recorded_plan(upgrade_state)
+    old_version = plan.old.version if plan else None
     if (
         old_version
         and versions.Version.from_num(now["server_version_num"]).major != versions.Version.parse(old_version).major
@@ -214,11 +233,9 @@ def verify_old(upgrade_state: RunState, old: Cluster) -> dict[str, Any]:
     if upgrade_state.happened("wal_slot_created"):
         backup.drop_slot(old)  # it would keep WAL forever now that the old cluster serves again
     # logins only come back once the facts are proven: a client reconnecting earlier would change them
-    checks.unblock_logins(old, upgrade_state.load("blocked_roles", []))
+    gate_for(old).unblock(upgrade_state.load("blocked_roles", []))
     upgrade_state.record("rolled_back")  # a second rollback of this run would undo what clients write from now
     out: dict[str, Any] = {"facts_compared": compared, "server_version": now["server_version"]}
     if before is not None:
         out["tables"] = facts.table_count(now)
     return out
-
-

@@ -1,0 +1,72 @@
+"""What a major upgrade run decides before it acts: the method, the transfer mode, and the typed plan (stored as
+the run's ``plan.json``; the same JSON the untyped plan had, plus ``schema_version``)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from pgupgrade.errors import UnsafeState
+from pgupgrade.scratch import InitdbOptions
+
+
+class Method(enum.StrEnum):
+    PG_UPGRADE = "pg_upgrade"
+    DUMP_RESTORE = "dump_restore"
+
+
+class TransferMode(enum.StrEnum):
+    """pg_upgrade's ways to move the data files (``--link``, ``--copy``, ``--clone``, ``--swap``)."""
+
+    LINK = "link"
+    COPY = "copy"
+    CLONE = "clone"
+    SWAP = "swap"
+
+
+@dataclass(frozen=True)
+class OldCluster:
+    version: str
+    bindir: str
+    datadir: str
+    confdir: str | None
+    port: int
+    socket_dirs: str
+
+
+@dataclass(frozen=True)
+class NewCluster:
+    version: str
+    bindir: str
+    datadir: str
+    sharedir: str
+
+
+@dataclass(frozen=True)
+class MajorPlan:
+    old: OldCluster
+    new: NewCluster
+    databases: list[str]
+    data_bytes: int
+    relations: int
+    initdb: InitdbOptions
+    shared_preload_libraries: str
+    method: Method
+    transfer_mode: TransferMode | None  # pg_upgrade only
+    method_reason: str
+    check_output_tail: str
+    blockers_acknowledged: list[dict[str, Any]]
+    warnings: list[str]
+    backup_dir: str
+    work_dir: str
+    outage_estimate_s: float
+    space: dict[str, int]
+    already_upgraded: bool = False
+
+    @property
+    def mode(self) -> TransferMode:
+        """pg_upgrade's transfer mode; refused when the plan chose dump/restore."""
+        if self.transfer_mode is None:
+            raise UnsafeState("the plan chose dump/restore: it has no pg_upgrade transfer mode")
+        return self.transfer_mode

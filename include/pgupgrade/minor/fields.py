@@ -1,0 +1,111 @@
+"""What the minor runbook's DAG files need when Airflow parses them: the DAG ids, the admin Variable's name, the
+installers, the params (FIELDS, ROLLBACK_FIELDS) and their cross-checks. Kept light: nothing here connects to a
+server or imports a database driver."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import replace
+from typing import Any
+
+from pgupgrade import recovery
+from pgupgrade.errors import ConfigError
+from pgupgrade.params import COMMON, Field, validate
+
+DAG_ID = "pg_minor_upgrade"
+ROLLBACK_DAG_ID = "pg_minor_upgrade_rollback"
+INSTALL_COMMAND_VARIABLE = "pgupgrade_minor_install_command"
+
+
+class Installer(enum.StrEnum):
+    """How the target release's binaries get in place (param ``installer``; see minor.installers)."""
+
+    BINDIR = "bindir"  # restart from another installation of the same major
+    APT = "apt"  # Debian packages of the exact versions, in place
+    COMMAND = "command"  # the admin's command, in place
+
+
+FIELDS: list[Field] = [
+    *COMMON,
+    Field(
+        "installer",
+        "string",
+        Installer.BINDIR.value,
+        "Installer",
+        "bindir: restart the cluster from another installation of the same major (new_bindir). apt: "
+        "apt-get install postgresql-N=<version> postgresql-client-N=<version> (replaces /usr/lib/postgresql/N "
+        "for every cluster of that major on the host). command: the admin's command from the Airflow Variable "
+        f"{INSTALL_COMMAND_VARIABLE} (JSON argv list with {{version}}), never from the trigger conf.",
+        "Installer",
+        enum=tuple(i.value for i in Installer),
+    ),
+    Field(
+        "target_version",
+        "string",
+        "",
+        "Target version",
+        "The minor release to run, e.g. 15.20: the same major as the running server, newer unless allow_downgrade.",
+        "Installer",
+        kind="version",
+    ),
+    Field(
+        "new_bindir",
+        "string",
+        "",
+        "New bin directory",
+        "installer bindir only: the bin directory of the target release (its postgres --version must be the target).",
+        "Installer",
+        kind="abs_path",
+    ),
+    Field(
+        "min_free_gb",
+        "integer",
+        20,
+        "Minimum free space (GB)",
+        "Free space the data and the backup filesystems must each keep after the backup.",
+        "Safety",
+        minimum=0,
+        maximum=1_000_000,
+    ),
+    Field(
+        "allow_downgrade",
+        "boolean",
+        False,
+        "Allow downgrade",
+        "Allow a target older than the running release (going back to an earlier minor).",
+        "Safety",
+    ),
+    Field(
+        "ack_other_clusters",
+        "boolean",
+        False,
+        "Other clusters acknowledged",
+        "Go ahead although other clusters on the host use the same binaries (apt, command): they run the new "
+        "release after their next restart, and Debian's package scripts restart them on systemd hosts.",
+        "Safety",
+    ),
+]
+
+ROLLBACK_FIELDS: list[Field] = [
+    replace(f, default=DAG_ID) if f.name == "upgrade_dag_id" else f for f in recovery.FIELDS
+]
+
+_MINOR_RE = re.compile(r"^\d{1,2}\.\d{1,3}$")
+
+
+def validate_params(conf: dict[str, Any]) -> dict[str, Any]:
+    p: dict[str, Any] = dict(validate(FIELDS, conf))
+    if not p["target_version"]:
+        raise ConfigError("target_version", "is required: the minor release to run, e.g. 15.20")
+    if not _MINOR_RE.match(p["target_version"]):
+        raise ConfigError("target_version", f"must be major.minor like 15.20, got {p['target_version']!r}")
+    if p["installer"] == Installer.BINDIR and not p["new_bindir"]:
+        raise ConfigError("new_bindir", "is required by installer bindir: the bin directory of the target release")
+    if p["installer"] != Installer.BINDIR and p["new_bindir"]:
+        raise ConfigError(
+            "new_bindir",
+            f"is only for installer bindir; installer {p['installer']} replaces the "
+            "binaries of the cluster's own bin directory",
+        )
+    return p
