@@ -18,8 +18,10 @@ _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 MAX_LEN = 4096
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Field:
+    """One run parameter: its trigger-form entry and its validation (built by keyword)."""
+
     name: str
     type: str  # "string" | "integer" | "boolean" | "array"
     default: Any
@@ -107,84 +109,92 @@ def validate(
 
 COMMON = [
     Field(
-        "postgres_conn_id",
-        "string",
-        "pg_upgrade_target",
-        "Cluster connection",
-        "Airflow postgres connection of the cluster; its extra JSON carries pg_bindir, pg_datadir, os_user, "
+        name="postgres_conn_id",
+        type="string",
+        default="pg_upgrade_target",
+        title="Cluster connection",
+        description="Airflow postgres connection of the cluster; its extra JSON carries pg_bindir, pg_datadir, "
+        "os_user, "
         "service and optionally pg_confdir and ssh_conn_id.",
-        "Cluster",
+        section="Cluster",
         kind="conn_id",
     ),
     Field(
-        "dry_run", "boolean", False, "Dry run", "Plan only: validate, check and print the plan; change nothing.", "Run"
+        name="dry_run",
+        type="boolean",
+        default=False,
+        title="Dry run",
+        description="Plan only: validate, check and print the plan; change nothing.",
+        section="Run",
     ),
     Field(
-        "backup_dir",
-        "string",
-        "",
-        "Backup directory",
-        "Absolute path for this run's backup (empty: under the state directory). Must be new or empty.",
-        "Backup",
+        name="backup_dir",
+        type="string",
+        default="",
+        title="Backup directory",
+        description="Absolute path for this run's backup (empty: under the state directory). Must be new or empty.",
+        section="Backup",
         kind="abs_path",
     ),
     Field(
-        "jobs",
-        "integer",
-        2,
-        "Parallel jobs",
-        "Parallelism of pg_dump, pg_restore, pg_upgrade and vacuumdb.",
-        "Run",
+        name="jobs",
+        type="integer",
+        default=2,
+        title="Parallel jobs",
+        description="Parallelism of pg_dump, pg_restore, pg_upgrade and vacuumdb.",
+        section="Run",
         minimum=1,
         maximum=64,
     ),
     Field(
-        "terminate_after_s",
-        "integer",
-        -1,
-        "Terminate clients after (s)",
-        "After blocking logins, terminate remaining client sessions after this many seconds (-1: never; the "
+        name="terminate_after_s",
+        type="integer",
+        default=-1,
+        title="Terminate clients after (s)",
+        description="After blocking logins, terminate remaining client sessions after this many seconds (-1: never; "
+        "the "
         "run waits for them to leave).",
-        "Outage",
+        section="Outage",
         minimum=-1,
         maximum=86400,
     ),
     Field(
-        "connection_wait_timeout_s",
-        "integer",
-        600,
-        "Wait for clients (s)",
-        "How long the sensor waits for client sessions to end before the run fails.",
-        "Outage",
+        name="connection_wait_timeout_s",
+        type="integer",
+        default=600,
+        title="Wait for clients (s)",
+        description="How long the sensor waits for client sessions to end before the run fails.",
+        section="Outage",
         minimum=1,
         maximum=86400,
     ),
     Field(
-        "queue_wait_timeout_s",
-        "integer",
-        600,
-        "Wait for empty queue (s)",
-        "How long the sensor waits for the extension's queue to drain.",
-        "Outage",
+        name="queue_wait_timeout_s",
+        type="integer",
+        default=600,
+        title="Wait for empty queue (s)",
+        description="How long the sensor waits for the extension's queue to drain.",
+        section="Outage",
         minimum=1,
         maximum=86400,
     ),
     Field(
-        "window_end",
-        "string",
-        "",
-        "Window ends at",
-        "ISO timestamp (with time zone) by which the outage must be over; the run refuses to start the outage "
+        name="window_end",
+        type="string",
+        default="",
+        title="Window ends at",
+        description="ISO timestamp (with time zone) by which the outage must be over; the run refuses to start the "
+        "outage "
         "when the estimate does not fit. Empty: no limit.",
-        "Outage",
+        section="Outage",
         kind="timestamp",
     ),
     Field(
-        "verify_content",
-        "boolean",
-        False,
-        "Verify content checksums",
-        "Also compare an md5 of every table's rows before and after (reads all data inside the outage).",
-        "Validation",
+        name="verify_content",
+        type="boolean",
+        default=False,
+        title="Verify content checksums",
+        description="Also compare an md5 of every table's rows before and after (reads all data inside the outage).",
+        section="Validation",
     ),
 ]

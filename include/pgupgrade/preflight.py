@@ -61,42 +61,46 @@ def fields(clusters: list[str]) -> list[Field]:
     by_name = {f.name: f for f in major_fields.FIELDS}
     return [
         Field(
-            "clusters",
-            "array",
-            list(clusters),
-            "Clusters",
-            "Airflow postgres connection ids to check (default: include/config/clusters.json or the file named by "
+            name="clusters",
+            type="array",
+            default=list(clusters),
+            title="Clusters",
+            description="Airflow postgres connection ids to check (default: include/config/clusters.json or the file "
+            "named by "
             f"${CLUSTERS_ENV}).",
-            "Clusters",
+            section="Clusters",
         ),
         Field(
-            "window",
-            "string",
-            "default",
-            "Maintenance window",
-            "Name of the window in include/config/windows.json the upgrade would run in: the outage estimate "
+            name="window",
+            type="string",
+            default="default",
+            title="Maintenance window",
+            description="Name of the window in include/config/windows.json the upgrade would run in: the outage "
+            "estimate "
             "must fit it.",
-            "Window",
+            section="Window",
             kind="identifier",
         ),
         major_fields.TARGET_MAJOR,
         *(by_name[n] for n in PASSED_MAJOR_FIELDS),
         Field(
-            "check_minor",
-            "boolean",
-            True,
-            "Check minor releases",
-            "Also report whether a newer minor of the running major is installed and its minor plan passes.",
-            "Checks",
+            name="check_minor",
+            type="boolean",
+            default=True,
+            title="Check minor releases",
+            description="Also report whether a newer minor of the running major is installed and its minor plan "
+            "passes.",
+            section="Checks",
         ),
         Field(
-            "fail_if_not_ready",
-            "boolean",
-            True,
-            "Fail if not ready",
-            "Fail the run (red in the UI, failure alerts) when any cluster would not go ahead; the report is "
+            name="fail_if_not_ready",
+            type="boolean",
+            default=True,
+            title="Fail if not ready",
+            description="Fail the run (red in the UI, failure alerts) when any cluster would not go ahead; the "
+            "report is "
             "written first.",
-            "Checks",
+            section="Checks",
         ),
     ]
 

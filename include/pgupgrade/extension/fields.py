@@ -38,46 +38,115 @@ class PerfAction(enum.StrEnum):
 SOURCES = tuple(k.value for k in SourceKind)
 
 
-# fmt: off
 def upgrade_fields(target_default: str) -> list[Field]:
     """The params of both upgrade DAGs; only the default target differs."""
     return [
         *COMMON,
-        Field("databases", "array", [], "Databases",
-              "Databases to update; empty: every database that has the extension installed.", "Extension"),
-        Field("target_version", "string", target_default, "Target version",
-              "Extension version to update to.", "Extension", kind="version"),
-        Field("extension_source", "string", SourceKind.INSTALLED.value, "Extension files",
-              "installed: the target's files are already in the installation's share directory; copy: copied "
-              f"from the directory in the Airflow Variable {SOURCE_DIR_VARIABLE}; command: installed by the argv "
-              f"in the Variable {INSTALL_COMMAND_VARIABLE} (admin configuration, never from the trigger conf).",
-              "Extension", enum=SOURCES),
-        Field("strict_compat", "boolean", False, "Strict compatibility",
-              "Stop in the plan when any view, function or procedure uses a function the target removes or "
-              "changes (otherwise: warnings in the plan and the report).", "Extension"),
-        Field("perf_threshold_pct", "integer", 100, "Slowdown threshold (%)",
-              "How much slower a TVIEW scan may be after the update than before.", "Validation", minimum=0,
-              maximum=10000),
-        Field("perf_action", "string", PerfAction.WARN.value, "On slowdown",
-              "warn or fail when the threshold is exceeded.", "Validation",
-              enum=tuple(a.value for a in PerfAction)),
+        Field(
+            name="databases",
+            type="array",
+            default=[],
+            title="Databases",
+            description="Databases to update; empty: every database that has the extension installed.",
+            section="Extension",
+        ),
+        Field(
+            name="target_version",
+            type="string",
+            default=target_default,
+            title="Target version",
+            description="Extension version to update to.",
+            section="Extension",
+            kind="version",
+        ),
+        Field(
+            name="extension_source",
+            type="string",
+            default=SourceKind.INSTALLED.value,
+            title="Extension files",
+            description="installed: the target's files are already in the installation's share directory; copy: copied "
+            f"from the directory in the Airflow Variable {SOURCE_DIR_VARIABLE}; command: installed by the argv "
+            f"in the Variable {INSTALL_COMMAND_VARIABLE} (admin configuration, never from the trigger conf).",
+            section="Extension",
+            enum=SOURCES,
+        ),
+        Field(
+            name="strict_compat",
+            type="boolean",
+            default=False,
+            title="Strict compatibility",
+            description="Stop in the plan when any view, function or procedure uses a function the target removes or "
+            "changes (otherwise: warnings in the plan and the report).",
+            section="Extension",
+        ),
+        Field(
+            name="perf_threshold_pct",
+            type="integer",
+            default=100,
+            title="Slowdown threshold (%)",
+            description="How much slower a TVIEW scan may be after the update than before.",
+            section="Validation",
+            minimum=0,
+            maximum=10000,
+        ),
+        Field(
+            name="perf_action",
+            type="string",
+            default=PerfAction.WARN.value,
+            title="On slowdown",
+            description="warn or fail when the threshold is exceeded.",
+            section="Validation",
+            enum=tuple(a.value for a in PerfAction),
+        ),
     ]
 
 
 FIELDS = upgrade_fields("0.2.0")
 MINOR_FIELDS = upgrade_fields("0.1.6")
 ROLLBACK_FIELDS: list[Field] = [
-    Field("postgres_conn_id", "string", "pg_upgrade_target", "Cluster connection",
-          "The cluster's Airflow postgres connection (as the upgrade run had it).", "Cluster", kind="conn_id"),
-    Field("upgrade_dag_id", "string", MIGRATION_DAG_ID, "Upgrade DAG", "The DAG of the run to roll back.", "Run",
-          enum=(MIGRATION_DAG_ID, MINOR_DAG_ID)),
-    Field("upgrade_run_id", "string", "", "Upgrade run id", "The run to roll back (its journal decides the path).",
-          "Run"),
-    Field("accept_data_loss", "boolean", False, "Accept data loss",
-          "Restore a database from the backup although its tables changed after the backup was taken.", "Safety"),
-    Field("reason", "string", "", "Reason", "Why (for the audit trail).", "Run"),
+    Field(
+        name="postgres_conn_id",
+        type="string",
+        default="pg_upgrade_target",
+        title="Cluster connection",
+        description="The cluster's Airflow postgres connection (as the upgrade run had it).",
+        section="Cluster",
+        kind="conn_id",
+    ),
+    Field(
+        name="upgrade_dag_id",
+        type="string",
+        default=MIGRATION_DAG_ID,
+        title="Upgrade DAG",
+        description="The DAG of the run to roll back.",
+        section="Run",
+        enum=(MIGRATION_DAG_ID, MINOR_DAG_ID),
+    ),
+    Field(
+        name="upgrade_run_id",
+        type="string",
+        default="",
+        title="Upgrade run id",
+        description="The run to roll back (its journal decides the path).",
+        section="Run",
+    ),
+    Field(
+        name="accept_data_loss",
+        type="boolean",
+        default=False,
+        title="Accept data loss",
+        description="Restore a database from the backup although its tables changed after the backup was taken.",
+        section="Safety",
+    ),
+    Field(
+        name="reason",
+        type="string",
+        default="",
+        title="Reason",
+        description="Why (for the audit trail).",
+        section="Run",
+    ),
 ]
-# fmt: on
 
 
 # -- versions -------------------------------------------------------------------------------------------
