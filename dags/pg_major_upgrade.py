@@ -86,9 +86,8 @@ from typing import Any
 from airflow.sdk import DAG, TaskGroup, TriggerRule, task
 
 from pgupgrade import clients, entities
+from pgupgrade.airflow import app_health, failure, notifiers, tasks
 from pgupgrade.airflow import dags as ad
-from pgupgrade.airflow import notifiers
-from pgupgrade.airflow import runtime as rt
 from pgupgrade.airflow import schedule as sched
 from pgupgrade.airflow import windows as aw
 from pgupgrade.major import after, cutover, fields, prepare
@@ -106,7 +105,7 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
     what = f"PostgreSQL {from_major} → {to_major}" if from_major else "PostgreSQL N → target_major (skipping majors)"
 
     def step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
-        return rt.step_task(task_id, fn, F, spec=spec, doc=doc, **kw)
+        return tasks.step_task(task_id, fn, fields=F, spec=spec, doc=doc, **kw)
 
     with ad.upgrade_dag(
         dag_id,
@@ -117,13 +116,13 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
         rollback_dag_id=ROLLBACK_DAG_ID,
     ) as dag:
         with TaskGroup("plan") as g_plan:
-            plan, gate = rt.plan_phase(
-                F,
-                spec,
-                ROLLBACK_DAG_ID,
-                major_plan.plan,
-                "Support matrix, blockers, extensions, space, method, estimate. No side effects.",
-                fields.cross_checks,
+            plan, gate = tasks.plan_phase(
+                fields=F,
+                spec=spec,
+                rollback_dag_id=ROLLBACK_DAG_ID,
+                make_plan=major_plan.plan,
+                plan_doc="Support matrix, blockers, extensions, space, method, estimate. No side effects.",
+                cross_checks=fields.cross_checks,
             )
 
         with TaskGroup("prepare") as g_prepare:
@@ -152,28 +151,30 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 "initdb of the new cluster matching the old one (locale, encoding, checksums, WAL segment "
                 "size), before the outage.",
             )
-            stop_apps = rt.hook_task("stop_applications", F, spec, "Admin-configured hook (Variable pgupgrade_hooks).")
+            stop_apps = tasks.hook_task(
+                "stop_applications", fields=F, spec=spec, doc="Admin-configured hook (Variable pgupgrade_hooks)."
+            )
             alert = step(
                 "notify_outage_start",
                 lambda ctx: notifiers.send("outage_start", ctx.dag_id, ctx.run_id, ctx.cluster.name, None),
                 "Alerts the configured channels (Variable pgupgrade_notify) that the outage starts.",
             )
             block = step("block_logins", clients.block_logins, "NOLOGIN for every login role but ours (recorded).")
-            no_clients = rt.sensor_task(
+            no_clients = tasks.sensor_task(
                 "wait_no_clients",
                 clients.clients_gone,
-                F,
-                spec,
-                "connection_wait_timeout_s",
-                "No client sessions left, or terminate_after_s passed (the cutover then terminates them).",
+                fields=F,
+                spec=spec,
+                timeout_param="connection_wait_timeout_s",
+                doc="No client sessions left, or terminate_after_s passed (the cutover then terminates them).",
             )
-            queue = rt.sensor_task(
+            queue = tasks.sensor_task(
                 "wait_queue_empty",
                 lambda ctx: entities.queue_empty(ctx, ctx.plan(MajorPlan).databases),
-                F,
-                spec,
-                "queue_wait_timeout_s",
-                "The extension's queue is empty.",
+                fields=F,
+                spec=spec,
+                timeout_param="queue_wait_timeout_s",
+                doc="The extension's queue is empty.",
             )
             window >> init >> stop_apps >> alert >> block >> no_clients >> queue
 
@@ -185,19 +186,19 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 return f"upgrade.{plan_['method']}"
 
             branch = choose_method(plan)
-            pgu = rt.steps_task(
+            pgu = tasks.steps_task(
                 "pg_upgrade",
                 cutover.cutover_steps(Method.PG_UPGRADE),
-                F,
+                fields=F,
                 spec=spec,
                 doc="The outage-critical section in one process: terminate_clients, snapshot_facts, stop_old, "
                 "pg_upgrade (in the planned transfer mode), configure_new, "
                 "start_new_private, update_extensions, validate_facts, health_check, open_to_clients.",
             )
-            dr = rt.steps_task(
+            dr = tasks.steps_task(
                 "dump_restore",
                 cutover.cutover_steps(Method.DUMP_RESTORE),
-                F,
+                fields=F,
                 spec=spec,
                 doc="The outage-critical section in one process: terminate_clients, snapshot_facts, "
                 "dump_restore (pg_dump -Fd -j N -Z 0 from the old cluster, still running with logins blocked and "
@@ -207,23 +208,23 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
             branch >> [pgu, dr]
 
         with TaskGroup("after") as g_after:
-            start_apps = rt.hook_task(
+            start_apps = tasks.hook_task(
                 "start_applications",
-                F,
-                spec,
-                "Admin-configured hook (Variable pgupgrade_hooks).",
+                fields=F,
+                spec=spec,
+                doc="Admin-configured hook (Variable pgupgrade_hooks).",
                 trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
             )
-            app_health = rt.app_health_task(F, spec)
+            check_apps = app_health.app_health_task(fields=F, spec=spec)
             rf = step("refresh_tviews", after.refresh_tviews, "Refresh every TVIEW (force).")
             an = step("analyze", after.analyze, "vacuumdb --analyze-in-stages.")
             pf = step("performance", after.performance, "TVIEW scan times vs before.")
-            start_apps >> app_health >> rf >> an >> pf
+            start_apps >> check_apps >> rf >> an >> pf
 
         rep = step("report", lambda ctx: after.write_report(ctx, "success"), "JSON + Markdown report.")
         g_plan >> g_prepare >> g_stop >> g_upgrade >> g_after >> rep
         gate >> g_prepare
-        rt.failure_tail(dag, ROLLBACK_DAG_ID, F)
+        failure.failure_tail(dag, ROLLBACK_DAG_ID, F)
         sched.scheduled_dispatch(F, before=g_plan)
     return dag
 

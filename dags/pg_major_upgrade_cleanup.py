@@ -38,8 +38,10 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import DAG, TriggerRule, task
+from airflow.sdk.exceptions import AirflowFailException
 
-from pgupgrade.airflow import runtime as rt
+from pgupgrade.airflow import context as airflow_context
+from pgupgrade.airflow import failure, tasks
 from pgupgrade.major import cleanup, fields
 
 F = fields.CLEANUP_FIELDS
@@ -53,25 +55,29 @@ with DAG(
     catchup=False,
     tags=["postgresql", "upgrade", "major", "cleanup"],
     default_args={"owner": "dba", "retries": 0},
-    params=rt.airflow_params(F),
+    params=airflow_context.airflow_params(F),
 ) as dag:
-    validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
-    lock = rt.step_task(
+    validate = task(task_id="validate_params")(lambda: airflow_context.validated(F) and "params valid")()
+    lock = tasks.step_task(
         "acquire_lock",
-        lambda ctx: ctx.lock.acquire(ctx.dag_id, ctx.run_id, rt.dagrun_alive),
-        F,
+        lambda ctx: ctx.lock.acquire(ctx.dag_id, ctx.run_id, failure.dagrun_alive),
+        fields=F,
         doc="Per-cluster lock.",
     )
-    check = rt.step_task("check", cleanup.cleanup_check, F, doc="Confirmation, minimum age, new running, old stopped.")
-    delete = rt.step_task("delete_old_cluster", cleanup.delete_old_cluster, F, doc="delete_old_cluster.sh, then rm.")
+    check = tasks.step_task(
+        "check", cleanup.cleanup_check, fields=F, doc="Confirmation, minimum age, new running, old stopped."
+    )
+    delete = tasks.step_task(
+        "delete_old_cluster", cleanup.delete_old_cluster, fields=F, doc="delete_old_cluster.sh, then rm."
+    )
 
     @task(task_id="release_lock", trigger_rule=TriggerRule.ALL_DONE)
     def release_lock() -> str:
-        ctx = rt.run_context(F)
+        ctx = airflow_context.run_context(F)
         ctx.lock.release(ctx.dag_id, ctx.run_id)
-        failed = rt.failed_tasks()
+        failed = failure.failed_tasks()
         if failed:
-            raise rt.AirflowFailException(f"tasks failed: {', '.join(failed)}")
+            raise AirflowFailException(f"tasks failed: {', '.join(failed)}")
         return "done"
 
     validate >> lock >> check >> delete >> release_lock()

@@ -43,8 +43,9 @@ from typing import Any
 from airflow.sdk import TriggerRule, task
 
 from pgupgrade import recovery
+from pgupgrade.airflow import context as airflow_context
 from pgupgrade.airflow import dags as ad
-from pgupgrade.airflow import runtime as rt
+from pgupgrade.airflow import failure, tasks
 from pgupgrade.major import rollback
 from pgupgrade.state import RunJournal
 
@@ -56,7 +57,7 @@ def _upgrade_state(ctx: Any) -> RunJournal:
 
 
 def _step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
-    return rt.step_task(task_id, fn, F, doc=doc, **kw)
+    return tasks.step_task(task_id, fn, fields=F, doc=doc, **kw)
 
 
 with ad.rollback_dag(
@@ -66,13 +67,13 @@ with ad.rollback_dag(
     tags=["upgrade", "major"],
     fields=F,
 ) as dag:
-    validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
+    validate = task(task_id="validate_params")(lambda: airflow_context.validated(F) and "params valid")()
     lock = _step(
         "take_lock",
         lambda ctx: ctx.lock.acquire(
             ctx.dag_id,
             ctx.run_id,
-            rt.dagrun_alive,
+            failure.dagrun_alive,
             heir_of=(ctx.params["upgrade_dag_id"], ctx.params["upgrade_run_id"]),
         ),
         "Takes the cluster lock over from the upgrade run.",
@@ -80,8 +81,8 @@ with ad.rollback_dag(
 
     @task.branch(task_id="assess", doc_md="Chooses the path from the journal and the old data directory.")
     def assess() -> str:
-        ctx = rt.run_context(F)
-        decision = rt.journaled(
+        ctx = airflow_context.run_context(F)
+        decision = tasks.journaled(
             ctx.state,
             "assess",
             lambda: rollback.decide(
@@ -123,5 +124,5 @@ with ad.rollback_dag(
         trigger_rule=TriggerRule.ALL_DONE,
     )
 
-    finish = rt.rollback_finish(F, read_only=frozenset({"assess"}))
+    finish = failure.rollback_finish(F, read_only=frozenset({"assess"}))
     validate >> lock >> assess() >> [back, restore] >> verify >> report >> finish

@@ -85,8 +85,9 @@ from typing import Any
 from airflow.sdk import TaskGroup
 
 from pgupgrade import clients
+from pgupgrade.airflow import context as airflow_context
 from pgupgrade.airflow import dags as ad
-from pgupgrade.airflow import runtime as rt
+from pgupgrade.airflow import failure, tasks
 from pgupgrade.airflow import schedule as sched
 from pgupgrade.airflow import windows as aw
 from pgupgrade.context import RunContext
@@ -99,7 +100,7 @@ F = fields.FIELDS
 
 def _make_plan(ctx: RunContext) -> minor_plan.MinorPlan | AlreadyThere:
     command = (
-        rt.admin_json_variable(fields.INSTALL_COMMAND_VARIABLE)
+        airflow_context.admin_json_variable(fields.INSTALL_COMMAND_VARIABLE)
         if ctx.params["installer"] == fields.Installer.COMMAND
         else None
     )
@@ -107,11 +108,11 @@ def _make_plan(ctx: RunContext) -> minor_plan.MinorPlan | AlreadyThere:
 
 
 def step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
-    return rt.step_task(task_id, fn, F, doc=doc, **kw)
+    return tasks.step_task(task_id, fn, fields=F, doc=doc, **kw)
 
 
 def sensor(task_id: str, fn: Any, timeout_param: str, doc: str) -> Any:
-    return rt.sensor_task(task_id, fn, F, {}, timeout_param, doc)
+    return tasks.sensor_task(task_id, fn, fields=F, spec={}, timeout_param=timeout_param, doc=doc)
 
 
 with ad.upgrade_dag(
@@ -123,14 +124,14 @@ with ad.upgrade_dag(
     rollback_dag_id=fields.ROLLBACK_DAG_ID,
 ) as dag:
     with TaskGroup("plan") as g_plan:
-        plan, gate = rt.plan_phase(
-            F,
-            None,
-            fields.ROLLBACK_DAG_ID,
-            _make_plan,
-            "Same major, newer; the installer can deliver the target and the rollback "
+        plan, gate = tasks.plan_phase(
+            fields=F,
+            spec=None,
+            rollback_dag_id=fields.ROLLBACK_DAG_ID,
+            make_plan=_make_plan,
+            plan_doc="Same major, newer; the installer can deliver the target and the rollback "
             "the running release; space; other clusters on the same binaries. No side effects.",
-            fields.validate_params,
+            cross_checks=fields.validate_params,
         )
 
     with TaskGroup("pre_upgrade") as g_pre:
@@ -178,10 +179,10 @@ with ad.upgrade_dag(
         )
         window >> block >> no_clients >> drained
 
-    cutover_task = rt.steps_task(
+    cutover_task = tasks.steps_task(
         "cutover",
         cutover.cutover_steps(),
-        F,
+        fields=F,
         doc="The outage-critical section in one process: terminate_clients, snapshot_facts, stop_server, "
         "install, start_new, validate_facts, health_check, smoke_test, open_to_clients.",
     )
@@ -192,5 +193,5 @@ with ad.upgrade_dag(
     rep = step("report", after.write_report, "JSON + Markdown report.")
     g_plan >> g_pre >> g_stop >> cutover_task >> g_after >> rep
     gate >> g_pre
-    rt.failure_tail(dag, fields.ROLLBACK_DAG_ID, F)
+    failure.failure_tail(dag, fields.ROLLBACK_DAG_ID, F)
     sched.scheduled_dispatch(F, before=g_plan)

@@ -44,15 +44,16 @@ from typing import Any
 from airflow.sdk import TriggerRule, task
 
 from pgupgrade import recovery
+from pgupgrade.airflow import context as airflow_context
 from pgupgrade.airflow import dags as ad
-from pgupgrade.airflow import runtime as rt
+from pgupgrade.airflow import failure, tasks
 from pgupgrade.minor import fields, rollback
 
 F = fields.ROLLBACK_FIELDS
 
 
 def _step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
-    return rt.step_task(task_id, fn, F, doc=doc, **kw)
+    return tasks.step_task(task_id, fn, fields=F, doc=doc, **kw)
 
 
 with ad.rollback_dag(
@@ -62,8 +63,8 @@ with ad.rollback_dag(
     tags=["upgrade", "minor"],
     fields=F,
 ) as dag:
-    validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
-    lock = _step("take_lock", rt.take_over_lock, "Takes the cluster lock over from the upgrade run.")
+    validate = task(task_id="validate_params")(lambda: airflow_context.validated(F) and "params valid")()
+    lock = _step("take_lock", failure.take_over_lock, "Takes the cluster lock over from the upgrade run.")
     assess = _step("assess", rollback.assess, "Chooses the path from the upgrade run's journal.")
     back = _step(
         "back_to_previous",
@@ -77,7 +78,7 @@ with ad.rollback_dag(
         "directory does not start on the previous release.",
     )
     def data_dir_starts() -> str:
-        ctx = rt.run_context(F)
+        ctx = airflow_context.run_context(F)
         return "verify_previous" if rollback.data_dir_started(ctx) else "restore_from_backup"
 
     restore = _step(
@@ -102,4 +103,4 @@ with ad.rollback_dag(
 
     branch = data_dir_starts()
     validate >> lock >> assess >> back >> branch >> [verify, restore]
-    restore >> verify >> refresh >> opened >> report >> rt.rollback_finish(F)
+    restore >> verify >> refresh >> opened >> report >> failure.rollback_finish(F)

@@ -48,8 +48,8 @@ from typing import Any
 from airflow.sdk import DAG, TriggerRule, task
 
 from pgupgrade import preflight
+from pgupgrade.airflow import context as airflow_context
 from pgupgrade.airflow import preflight as apf
-from pgupgrade.airflow import runtime as rt
 
 CLUSTERS = preflight.load_clusters()  # a file read only (include/config/clusters.json or $PGUPGRADE_CLUSTERS_FILE)
 F = preflight.fields(CLUSTERS)
@@ -65,13 +65,13 @@ with DAG(
     is_paused_upon_creation=True,
     tags=["postgresql", "upgrade", "preflight"],
     default_args={"owner": "dba", "retries": 0},
-    params=rt.airflow_params(F),
+    params=airflow_context.airflow_params(F),
     dagrun_timeout=dt.timedelta(hours=2),
 ) as dag:
 
     @task(task_id="validate_params", doc_md="Rejects bad conf, naming the field; returns the clusters to check.")
     def validate_params() -> list[str]:
-        return list(rt.validated(F)["clusters"])
+        return list(airflow_context.validated(F)["clusters"])
 
     @task(
         task_id="check_cluster",

@@ -85,8 +85,9 @@ from typing import Any
 
 from airflow.sdk import DAG, TaskGroup
 
+from pgupgrade.airflow import context as airflow_context
 from pgupgrade.airflow import dags as ad
-from pgupgrade.airflow import runtime as rt
+from pgupgrade.airflow import failure, tasks
 from pgupgrade.airflow import schedule as sched
 from pgupgrade.extension import after, fields, plan, update
 
@@ -95,7 +96,7 @@ ROLLBACK_DAG_ID = fields.ROLLBACK_DAG_ID
 
 def build(dag_id: str, spec: dict[str, Any], params: list[Any], description: str) -> DAG:
     def step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
-        return rt.step_task(task_id, fn, params, spec=spec, doc=doc, **kw)
+        return tasks.step_task(task_id, fn, fields=params, spec=spec, doc=doc, **kw)
 
     with ad.upgrade_dag(
         dag_id,
@@ -106,13 +107,13 @@ def build(dag_id: str, spec: dict[str, Any], params: list[Any], description: str
         rollback_dag_id=ROLLBACK_DAG_ID,
     ) as dag:
         with TaskGroup("plan") as g_plan:
-            _plan_task, gate = rt.plan_phase(
-                params,
-                spec,
-                ROLLBACK_DAG_ID,
-                lambda ctx: plan.plan(ctx, rt.admin_json_variable),
-                "Versions, update path, compatibility, metadata, rollback readiness, space; no side effects.",
-                lambda p: fields.check_target(spec, p["target_version"]),
+            _plan_task, gate = tasks.plan_phase(
+                fields=params,
+                spec=spec,
+                rollback_dag_id=ROLLBACK_DAG_ID,
+                make_plan=lambda ctx: plan.plan(ctx, airflow_context.admin_json_variable),
+                plan_doc="Versions, update path, compatibility, metadata, rollback readiness, space; no side effects.",
+                cross_checks=lambda p: fields.check_target(spec, p["target_version"]),
             )
 
         with TaskGroup("prepare") as g_prepare:
@@ -134,13 +135,13 @@ def build(dag_id: str, spec: dict[str, Any], params: list[Any], description: str
                 update.disable_triggers,
                 "Saves every prefixed trigger's state, then disables the enabled ones.",
             )
-            queue = rt.sensor_task(
+            queue = tasks.sensor_task(
                 "wait_queue_empty",
                 update.queue_empty,
-                params,
-                spec,
-                "queue_wait_timeout_s",
-                "The extension's queue is empty.",
+                fields=params,
+                spec=spec,
+                timeout_param="queue_wait_timeout_s",
+                doc="The extension's queue is empty.",
             )
             final = step("final_backup_check", update.final_backup_check, "Backup files unchanged, TOC still readable.")
             dis >> queue >> final
@@ -184,7 +185,7 @@ def build(dag_id: str, spec: dict[str, Any], params: list[Any], description: str
 
         g_plan >> g_prepare >> g_stop >> g_upgrade >> g_verify >> g_reenable >> g_wrapup
         gate >> g_prepare
-        rt.failure_tail(dag, ROLLBACK_DAG_ID, params)
+        failure.failure_tail(dag, ROLLBACK_DAG_ID, params)
         sched.scheduled_dispatch(params, before=g_plan)
     return dag
 

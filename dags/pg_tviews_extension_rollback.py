@@ -45,8 +45,9 @@ from typing import Any
 
 from airflow.sdk import TriggerRule, task
 
+from pgupgrade.airflow import context as airflow_context
 from pgupgrade.airflow import dags as ad
-from pgupgrade.airflow import runtime as rt
+from pgupgrade.airflow import failure, tasks
 from pgupgrade.extension import fields
 from pgupgrade.extension import rollback as rb
 
@@ -54,7 +55,7 @@ F = fields.ROLLBACK_FIELDS
 
 
 def _step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
-    return rt.step_task(task_id, fn, F, doc=doc, **kw)
+    return tasks.step_task(task_id, fn, fields=F, doc=doc, **kw)
 
 
 with ad.rollback_dag(
@@ -64,8 +65,8 @@ with ad.rollback_dag(
     tags=["extension", "pg_tviews"],
     fields=F,
 ) as dag:
-    validate = task(task_id="validate_params")(lambda: rt.validated(F) and "params valid")()
-    lock = _step("take_lock", rt.take_over_lock, "Takes the cluster lock over from the upgrade run.")
+    validate = task(task_id="validate_params")(lambda: airflow_context.validated(F) and "params valid")()
+    lock = _step("take_lock", failure.take_over_lock, "Takes the cluster lock over from the upgrade run.")
     assess = _step("assess", rb.decide, "Per database: restore (update committed) or triggers only, with the reason.")
     files = _step(
         "put_back_files",
@@ -93,4 +94,4 @@ with ad.rollback_dag(
         "JSON + Markdown report with the path and why.",
         trigger_rule=TriggerRule.ALL_DONE,
     )
-    validate >> lock >> assess >> files >> restore >> triggers >> verify >> report >> rt.rollback_finish(F)
+    validate >> lock >> assess >> files >> restore >> triggers >> verify >> report >> failure.rollback_finish(F)

@@ -12,8 +12,8 @@ from typing import Any, cast
 
 from airflow.sdk import DAG
 
-from pgupgrade.airflow import notifiers
-from pgupgrade.airflow import runtime as rt
+from pgupgrade.airflow import context as airflow_context
+from pgupgrade.airflow import failure, notifiers
 from pgupgrade.airflow import windows as aw
 from pgupgrade.params import Field
 
@@ -36,8 +36,8 @@ def upgrade_dag(
         deadline=aw.deadline_alerts(),
         tags=["postgresql", *tags],
         default_args=DEFAULT_ARGS,
-        params=rt.airflow_params(fields),
-        on_failure_callback=[cast(Any, rt.rollback_callback(rollback_dag_id)), notifiers.dag_callback("failure")],
+        params=airflow_context.airflow_params(fields),
+        on_failure_callback=[cast(Any, failure.rollback_callback(rollback_dag_id)), notifiers.dag_callback("failure")],
         on_success_callback=notifiers.dag_callback("success"),
     )
 
@@ -53,7 +53,7 @@ def rollback_dag(dag_id: str, *, description: str, doc_md: str | None, tags: lis
         is_paused_upon_creation=False,
         tags=["postgresql", *tags, "rollback"],
         default_args=DEFAULT_ARGS,
-        params=rt.airflow_params(fields),
+        params=airflow_context.airflow_params(fields),
         on_success_callback=notifiers.dag_callback("rollback"),
         on_failure_callback=notifiers.dag_callback("failure"),
     )

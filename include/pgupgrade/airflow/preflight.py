@@ -1,4 +1,4 @@
-"""Airflow side of the preflight DAG: one RunContext per cluster (built like runtime.run_context does, with its
+"""Airflow side of the preflight DAG: one RunContext per cluster (built like context.run_context does, with its
 own state directory so mapped tasks never share one), the summary and the report."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from pgupgrade import preflight, windows
-from pgupgrade.airflow import runtime as rt
+from pgupgrade.airflow import context as airflow_context
+from pgupgrade.airflow import tasks
 from pgupgrade.context import RunContext
 from pgupgrade.params import Field
 from pgupgrade.state import store as run_store
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 def cluster_context(fields: list[Field], conn_id: str) -> RunContext:
     """The RunContext the major upgrade DAG would plan with, for one cluster of this preflight run."""
     ctx = get_current_context()
-    p = rt.validated(fields)
-    return rt.run_context(
+    p = airflow_context.validated(fields)
+    return airflow_context.run_context(
         [],
         params=preflight.major_params(p, conn_id),
         state_of=(ctx["dag"].dag_id, f"{ctx['run_id']}__{conn_id}"),
@@ -34,7 +35,7 @@ def check(fields: list[Field], conn_id: str) -> dict[str, Any]:
     """One mapped task: every read-only check for one cluster; findings are results, not task failures."""
     ctx = get_current_context()
     ctx["cluster"] = conn_id  # type: ignore[typeddict-unknown-key]  # for map_index_template
-    p = rt.validated(fields)
+    p = airflow_context.validated(fields)
     window = windows.load(p["window"])
     now = dt.datetime.now(dt.UTC)
     try:
@@ -48,7 +49,7 @@ def check(fields: list[Field], conn_id: str) -> dict[str, Any]:
             "checked_at": now.isoformat(timespec="seconds"),
             "target_major": p["target_major"],
         }
-    res = rt.journaled(
+    res = tasks.journaled(
         rc.state, "preflight", lambda: preflight.check_cluster(rc, window, now, check_minor=p["check_minor"])
     )
     rc.state.save("preflight", res)
@@ -60,7 +61,7 @@ def summary(fields: list[Field], results: Any) -> dict[str, Any]:
     """Lists ready / not ready with reasons, writes the JSON + Markdown report; fails the run when asked to and
     any cluster would not go ahead."""
     ctx = get_current_context()
-    p = rt.validated(fields)
+    p = airflow_context.validated(fields)
     dag_id, run_id = ctx["dag"].dag_id, ctx["run_id"]
     got = [r for r in (results or []) if r]
     missing = sorted(set(p["clusters"]) - {r["cluster"] for r in got})

@@ -15,7 +15,7 @@ from typing import Any
 from airflow.sdk import get_current_context, task
 
 from pgupgrade import schedule
-from pgupgrade.airflow import runtime as rt
+from pgupgrade.airflow import tasks
 from pgupgrade.airflow.windows import run_window_from_context
 from pgupgrade.params import Field
 from pgupgrade.state import store as run_store
@@ -47,7 +47,7 @@ def cluster_runs(fields: list[Field]) -> list[dict[str, Any]]:
         entries = schedule.read_entries(path)
         return schedule.dispatch(entries, dag_id, fields, logical, window.end if window else None)
 
-    runs: list[dict[str, Any]] = rt.journaled(run_store().run(dag_id, run_id), "cluster_runs", _dispatch)
+    runs: list[dict[str, Any]] = tasks.journaled(run_store().run(dag_id, run_id), "cluster_runs", _dispatch)
     for r in runs:
         log.info("window run %s with conf %s", r["trigger_run_id"], r["conf"])
     if not runs:
@@ -58,7 +58,7 @@ def cluster_runs(fields: list[Field]) -> list[dict[str, Any]]:
 def scheduled_dispatch(fields: list[Field], before: Any) -> Any:
     """Adds ``cluster_runs`` → ``trigger_cluster_runs`` (one mapped TriggerDagRunOperator per cluster) and the
     gate ``manual_only`` upstream of ``before`` (the first task group). Call it inside the DAG, after
-    ``runtime.failure_tail``: the dispatch tasks are then no upstream of the failure tail, and a failed dispatch
+    ``failure.failure_tail``: the dispatch tasks are then no upstream of the failure tail, and a failed dispatch
     fails the scheduled run by itself (they are leaves)."""
     from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 

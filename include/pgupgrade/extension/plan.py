@@ -284,7 +284,7 @@ def backup_space(ctx: RunContext, backup_dir: str, databases: list[str]) -> tupl
 
 
 def refuse(ctx: RunContext, planned: ExtensionPlan, reason: str) -> None:
-    """Records the refusal in the plan, then stops the run; the failed run's report (runtime.failure_tail) carries
+    """Records the refusal in the plan, then stops the run; the failed run's report (failure.failure_tail) carries
     the plan with the refusal, the compatibility findings and the warnings."""
     ctx.state.save("plan", plans.to_json(_form(planned, RefusedPlan, refused=reason)))
     raise PlanError(reason)

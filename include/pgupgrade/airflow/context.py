@@ -1,0 +1,94 @@
+"""From Airflow's task context to the library's: the trigger form of a field list, the validated params, the
+RunContext a step runs with, admin configuration read from Variables."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from airflow.sdk import Param, get_current_context
+
+from pgupgrade import profiles
+from pgupgrade.airflow.connections import cluster_from_conn_id, host_for
+from pgupgrade.context import RunContext
+from pgupgrade.errors import ConfigError
+from pgupgrade.params import Field, validate
+from pgupgrade.state import store as run_store
+
+log = logging.getLogger(__name__)
+
+
+def airflow_params(fields: list[Field]) -> dict[str, Param]:
+    """The trigger form: JSON-schema types, enums, titles, descriptions, sections, valid defaults."""
+    out = {}
+    for f in fields:
+        # an optional text field (default "") must be submittable empty from the trigger form: allow null
+        schema: dict[str, Any] = {"type": ["null", "string"] if f.type == "string" and f.default == "" else f.type}
+        if f.enum:
+            schema["enum"] = list(f.enum)
+        if f.minimum is not None:
+            schema["minimum"] = f.minimum
+        if f.maximum is not None:
+            schema["maximum"] = f.maximum
+        if f.type == "array":
+            schema["items"] = {"type": "string"}
+        out[f.name] = Param(f.default, title=f.title, description=f.description, section=f.section, **schema)
+    return out
+
+
+def _conf_and_params(fields: list[Field]) -> tuple[dict[str, Any], dict[str, Any]]:
+    ctx = get_current_context()
+    conf = dict(getattr(ctx.get("dag_run"), "conf", None) or {})
+    params = {f.name: ctx["params"].get(f.name, f.default) for f in fields}
+    return conf, params
+
+
+def validated(fields: list[Field], extra_check: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+    """Validates the trigger conf (unknown keys included) and the resolved params."""
+    conf, params = _conf_and_params(fields)
+    validate(fields, conf)  # unknown keys and bad values as the user typed them
+    clean = validate(fields, params)
+    if extra_check:
+        extra_check(clean)
+    return clean
+
+
+def run_context(
+    fields: list[Field],
+    spec: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    state_of: tuple[str, str] | None = None,
+) -> RunContext:
+    ctx = get_current_context()
+    clean = params if params is not None else validated(fields)
+    cluster = cluster_from_conn_id(clean["postgres_conn_id"])
+    dag_id, run_id = state_of or (ctx["dag"].dag_id, ctx["run_id"])
+    return RunContext(
+        dag_id=dag_id,
+        run_id=run_id,
+        params=clean,
+        cluster=cluster,
+        host=host_for(cluster),
+        state=run_store().run(dag_id, run_id),
+        profile=profiles.get(clean.get("extension_profile", "pg_tviews")),
+        spec=spec or {},
+    )
+
+
+def admin_json_variable(name: str) -> Any:
+    """An admin-set Airflow Variable holding JSON, or None when unset: configuration that no trigger conf can
+    change (e.g. the argv of an install command)."""
+    from airflow.sdk import Variable
+
+    try:
+        raw = Variable.get(name, default=None)
+    except Exception as exc:  # the SDK raises its own error types when the API cannot answer
+        raise ConfigError(f"Variable {name}", f"cannot be read: {exc}") from None
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"Variable {name}", f"is not valid JSON: {exc}") from None
