@@ -20,7 +20,18 @@ from pgupgrade.state import store as run_store
 log = logging.getLogger(__name__)
 
 
-def airflow_params(fields: list[Field]) -> dict[str, Param]:
+class SharedParam(Param):
+    """A Param whose deep copy shares its (never mutated) schema and description: Airflow deep-copies the DAG's
+    params into every operator it builds, which made that copy most of the DAG files' parse time. Each copy still
+    has its own value (``resolve`` sets it). The server side deserializes every Param as its own class."""
+
+    def __deepcopy__(self, memo: dict[int, Any] | None) -> SharedParam:
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        return twin
+
+
+def airflow_params(fields: list[Field]) -> dict[str, SharedParam]:
     """The trigger form: JSON-schema types, enums, titles, descriptions, sections, valid defaults."""
     out = {}
     for f in fields:
@@ -34,7 +45,7 @@ def airflow_params(fields: list[Field]) -> dict[str, Param]:
             schema["maximum"] = f.maximum
         if f.type == "array":
             schema["items"] = {"type": "string"}
-        out[f.name] = Param(f.default, title=f.title, description=f.description, section=f.section, **schema)
+        out[f.name] = SharedParam(f.default, title=f.title, description=f.description, section=f.section, **schema)
     return out
 
 
