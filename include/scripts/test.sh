@@ -11,6 +11,8 @@ ruff check .
 ruff format --check .
 echo "== mypy"
 mypy
+echo "== import contracts (the library's floors, pyproject.toml)"
+lint-imports --no-cache
 echo "== hadolint"
 hadolint Dockerfile
 echo "== pytest"
