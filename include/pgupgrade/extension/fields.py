@@ -5,8 +5,10 @@ server or loads the database driver."""
 from __future__ import annotations
 
 import enum
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from pgupgrade import recovery
 from pgupgrade.errors import ConfigError, PlanError
 from pgupgrade.params import COMMON, Field
 
@@ -103,49 +105,16 @@ def upgrade_fields(target_default: str) -> list[Field]:
 
 FIELDS = upgrade_fields("0.2.0")
 MINOR_FIELDS = upgrade_fields("0.1.6")
+# the rollback DAGs' params, with this runbook's upgrade DAGs and what accepting data loss means here
 ROLLBACK_FIELDS: list[Field] = [
-    Field(
-        name="postgres_conn_id",
-        type="string",
-        default="pg_upgrade_target",
-        title="Cluster connection",
-        description="The cluster's Airflow postgres connection (as the upgrade run had it).",
-        section="Cluster",
-        kind="conn_id",
-    ),
-    Field(
-        name="upgrade_dag_id",
-        type="string",
-        default=MIGRATION_DAG_ID,
-        title="Upgrade DAG",
-        description="The DAG of the run to roll back.",
-        section="Run",
-        enum=(MIGRATION_DAG_ID, MINOR_DAG_ID),
-    ),
-    Field(
-        name="upgrade_run_id",
-        type="string",
-        default="",
-        title="Upgrade run id",
-        description="The run to roll back (its journal decides the path).",
-        section="Run",
-    ),
-    Field(
-        name="accept_data_loss",
-        type="boolean",
-        default=False,
-        title="Accept data loss",
-        description="Restore a database from the backup although its tables changed after the backup was taken.",
-        section="Safety",
-    ),
-    Field(
-        name="reason",
-        type="string",
-        default="",
-        title="Reason",
-        description="Why (for the audit trail).",
-        section="Run",
-    ),
+    replace(f, default=MIGRATION_DAG_ID, enum=(MIGRATION_DAG_ID, MINOR_DAG_ID), kind=None)
+    if f.name == "upgrade_dag_id"
+    else replace(
+        f, description="Restore a database from the backup although its tables changed after the backup was taken."
+    )
+    if f.name == "accept_data_loss"
+    else f
+    for f in recovery.FIELDS
 ]
 
 
