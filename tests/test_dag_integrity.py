@@ -27,12 +27,20 @@ PARSE = textwrap.dedent(
     from airflow.dag_processing.dagbag import DagBag
     bag = DagBag(dag_folder=sys.argv[1])
     elapsed = time.perf_counter() - started
+    from airflow.serialization.serialized_objects import DagSerialization
+    def serializes(dag):
+        try:
+            DagSerialization.to_dict(dag)  # what the dag-processor stores for the scheduler and the UI
+            return ""
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"[:2000]
     out = {"errors": {k: str(v)[:2000] for k, v in bag.import_errors.items()}, "calls": calls, "seconds": elapsed,
            "dags": {d.dag_id: {"tags": sorted(d.tags), "doc": bool(d.doc_md and len(d.doc_md) > 200),
                                "owner": d.owner, "paused": d.is_paused_upon_creation,
                                "tasks": [t.task_id for t in d.tasks],
                                "triggers": [t.trigger_dag_id for t in d.tasks if hasattr(t, "trigger_dag_id")],
-                               "params": {k: {**v.schema, "description": v.description} for k, v in d.params.items()}}
+                               "params": {k: {**v.schema, "description": v.description} for k, v in d.params.items()},
+                               "serialization_error": serializes(d)}
                     for d in bag.dags.values()}}
     print("RESULT" + json.dumps(out, default=str))
     """
@@ -104,6 +112,11 @@ def test_rollback_wiring(parsed, dag_id):
     assert d["paused"] is True, f"{dag_id}: upgrade DAGs are paused on creation"
     assert d["triggers"] and all(t in dags for t in d["triggers"]), f"{dag_id} triggers {d['triggers']}"
     assert {"handover_lock", "trigger_rollback", "finish"} <= set(d["tasks"]), dag_id
+
+
+@pytest.mark.parametrize("dag_id", DAG_IDS)
+def test_dag_serializes_for_the_scheduler(parsed, dag_id):
+    assert dag(parsed, dag_id)["serialization_error"] == ""
 
 
 @pytest.mark.parametrize("dag_id", DAG_IDS)

@@ -91,6 +91,7 @@ if [ "${#dirs[@]}" -lt 5 ]; then
   echo "install: FAILED: expected PostgreSQL 15.18, 15.20, 16, 17 and 18 under $PGBIN, found: ${dirs[*]:-none}" >&2
   exit 1
 fi
+cd /  # the checkout may be a directory the postgres OS user cannot enter; its binaries must not care
 denied="$($SUDO runuser -u postgres -- sh -c 'for f in "$@"; do [ -x "$f" ] || echo "  $f"; done' sh \
   $(for d in "${dirs[@]}"; do ls -d "$d"/*; done))"
 if [ -n "$denied" ]; then

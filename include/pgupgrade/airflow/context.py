@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -20,18 +21,23 @@ from pgupgrade.state import store as run_store
 log = logging.getLogger(__name__)
 
 
-class SharedParam(Param):
-    """A Param whose deep copy shares its (never mutated) schema and description: Airflow deep-copies the DAG's
-    params into every operator it builds, which made that copy most of the DAG files' parse time. Each copy still
-    has its own value (``resolve`` sets it). The server side deserializes every Param as its own class."""
-
-    def __deepcopy__(self, memo: dict[int, Any] | None) -> SharedParam:
-        twin = object.__new__(type(self))
-        twin.__dict__.update(self.__dict__)
-        return twin
+def _twin(param: Param, memo: dict[int, Any] | None = None) -> Param:
+    twin = object.__new__(Param)
+    twin.__dict__.update(param.__dict__)
+    twin.__deepcopy__ = types.MethodType(_twin, twin)  # type: ignore[attr-defined]
+    return twin
 
 
-def airflow_params(fields: list[Field]) -> dict[str, SharedParam]:
+def shared_on_copy(param: Param) -> Param:
+    """The Param, whose deep copies share its (never mutated) schema and description: Airflow deep-copies the
+    DAG's params into every operator it builds, and that copy was most of the DAG files' parse time. Each copy
+    still has its own value (``resolve`` sets it). The class stays ``Param`` (DAG serialization accepts no
+    other): ``copy.deepcopy`` looks ``__deepcopy__`` up on the instance."""
+    param.__deepcopy__ = types.MethodType(_twin, param)  # type: ignore[attr-defined]
+    return param
+
+
+def airflow_params(fields: list[Field]) -> dict[str, Param]:
     """The trigger form: JSON-schema types, enums, titles, descriptions, sections, valid defaults."""
     out = {}
     for f in fields:
@@ -45,7 +51,9 @@ def airflow_params(fields: list[Field]) -> dict[str, SharedParam]:
             schema["maximum"] = f.maximum
         if f.type == "array":
             schema["items"] = {"type": "string"}
-        out[f.name] = SharedParam(f.default, title=f.title, description=f.description, section=f.section, **schema)
+        out[f.name] = shared_on_copy(
+            Param(f.default, title=f.title, description=f.description, section=f.section, **schema)
+        )
     return out
 
 
