@@ -534,6 +534,8 @@ def dag_parse(env: Env) -> Measures:
     """Per-file parse durations as the dag-processor measures them (each file in a process forked from one that
     imported Airflow), and the wall time of that whole process (interpreter start and Airflow import included)."""
     penv = dict(env.stack.env) if env.stack else dict(os.environ)
+    # as deployed: the plugins folder holds airflow_local_settings.py, which every Airflow process imports
+    penv.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
     t0 = time.monotonic()
     out = subprocess.run(
         [sys.executable, "-c", _PARSE, str(ROOT / "dags")],
