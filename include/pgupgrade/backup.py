@@ -14,7 +14,7 @@ from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
 from pgupgrade.context import RunContext
 from pgupgrade.errors import CheckFailed, CommandError
-from pgupgrade.sql import connect, fetch_named, psycopg2
+from pgupgrade.sql import connect, fetch_named, load, psycopg2
 from pgupgrade.state import now_iso, safe_name
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def restore(cluster: Cluster, host: Host, manifest: dict[str, Any], *, jobs: int
         raise CommandError(res.argv, res.exit_code, "\n".join(errors) or res.stderr)
     existing = set(
         host.run(
-            [psql, "-X", "-At", "-c", "SELECT datname FROM pg_database"], user=user, env=cluster.libpq_env("postgres")
+            [psql, "-X", "-At", "-c", load("database-names")], user=user, env=cluster.libpq_env("postgres")
         ).stdout.split()
     )
     for db, meta in manifest["databases"].items():

@@ -11,7 +11,7 @@ from pgupgrade.backup import ROLLBACK_SLOT
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
 from pgupgrade.profiles import ExtensionProfile
-from pgupgrade.sql import connect, fetch, fetch_named
+from pgupgrade.sql import connect, fetch_named
 from pgupgrade.versions import Installation
 
 log = logging.getLogger(__name__)
@@ -103,12 +103,7 @@ def missing_extensions(cluster: Cluster, databases: list[str], new: Installation
     for db in databases:
         with connect(cluster, db) as conn:
             exts = fetch_named(conn, "extensions")
-            libs = fetch(
-                conn,
-                "SELECT DISTINCT e.extname, p.probin FROM pg_extension e"
-                " JOIN pg_depend d ON d.refobjid = e.oid AND d.refclassid = 'pg_extension'::regclass"
-                " AND d.classid = 'pg_proc'::regclass JOIN pg_proc p ON p.oid = d.objid WHERE p.probin IS NOT NULL",
-            )
+            libs = [(r["extname"], r["probin"]) for r in fetch_named(conn, "extension-libraries")]
         for e in exts:
             if not _exists(host, str(_control_file(new, e["extname"]))):
                 missing.append(f"{db}: extension {e['extname']} has no control file in {new.extension_dir}")

@@ -12,7 +12,7 @@ from pgupgrade.context import RunContext
 from pgupgrade.entities import queue_empty
 from pgupgrade.errors import CheckFailed
 from pgupgrade.gates import gate_for
-from pgupgrade.sql import connect, scalar
+from pgupgrade.sql import connect, scalar_named
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def terminate_clients(ctx: RunContext, databases: list[str]) -> dict[str, Any]:
     the grace period, then wait (bounded by queue_wait_timeout_s) until no client is connected and the
     extension's queue is empty."""
     with connect(ctx.cluster) as conn:
-        scalar(conn, "CHECKPOINT")  # the shutdown checkpoint then has little left to write
+        scalar_named(conn, "checkpoint")  # the shutdown checkpoint then has little left to write
     ctx.state.record("cutover_started")
     terminated = 0
     if gate_for(ctx.cluster).sessions():

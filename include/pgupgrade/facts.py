@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgupgrade.cluster import Cluster
-from pgupgrade.sql import connect, fetch_named, psql, scalar
+from pgupgrade.sql import connect, fetch_named, psql, scalar, scalar_named
 
 Facts = dict[str, Any]
 
@@ -22,8 +22,8 @@ def snapshot(cluster: Cluster, *, content: bool = False) -> Facts:
     with connect(cluster) as conn:
         dbs = fetch_named(conn, "databases")
         facts: Facts = {
-            "server_version_num": int(scalar(conn, "SHOW server_version_num")),
-            "server_version": scalar(conn, "SHOW server_version"),
+            "server_version_num": int(scalar_named(conn, "server-version-num")),
+            "server_version": scalar_named(conn, "server-version"),
             "wal_lsn": fetch_named(conn, "wal-position")[0]["lsn"],
             "roles": {r["rolname"]: {"super": r["rolsuper"]} for r in fetch_named(conn, "roles")},
             "databases": {},

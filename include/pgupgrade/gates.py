@@ -49,8 +49,7 @@ class NologinGate:
     def unblock(self, blocked: list[str]) -> None:
         with connect(self.cluster) as conn, conn.cursor() as cur:
             for role in blocked:
-                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
-                if cur.fetchone():
+                if fetch_named(conn, "role-exists", {"role": role}):
                     cur.execute(psql.SQL("ALTER ROLE {} LOGIN").format(psql.Identifier(role)))
 
     def sessions(self) -> list[dict[str, Any]]:

@@ -205,10 +205,10 @@ def minor_picture(ctx: RunContext) -> dict[str, Any]:
     """Whether a newer minor of the running major is installed here and the minor runbook's plan (installer
     bindir) would accept it. Informational: it does not decide the major upgrade's readiness."""
     try:
-        from pgupgrade.sql import connect, scalar
+        from pgupgrade.sql import connect, scalar_named
 
         with connect(ctx.cluster) as conn:
-            running = versions.Version.from_num(int(scalar(conn, "SHOW server_version_num")))
+            running = versions.Version.from_num(int(scalar_named(conn, "server-version-num")))
         newest = next((i for i in versions.discover(host=ctx.host) if i.major == running.major), None)
     except Exception as exc:  # informational
         return {"error": _err(exc)}

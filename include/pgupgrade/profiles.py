@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pgupgrade.errors import ConfigError
-from pgupgrade.sql import fetch, psql, scalar
+from pgupgrade.sql import fetch, load, psql, scalar, scalar_named
 
 PROFILES_FILE = Path(
     os.environ.get("PGUPGRADE_PROFILES", Path(__file__).resolve().parents[1] / "config" / "extension_profiles.json")
@@ -50,7 +50,7 @@ class ExtensionProfile:
 
     # -- catalog questions ---------------------------------------------------------------------------
     def installed_version(self, conn: Conn) -> str | None:
-        v = scalar(conn, "SELECT extversion FROM pg_extension WHERE extname = %s", (self.extname,))
+        v = scalar_named(conn, "extension-version", {"extname": self.extname})
         return str(v) if v is not None else None
 
     def _fn(self, name: str) -> psql.Composable:
@@ -99,25 +99,17 @@ class ExtensionProfile:
         )
         for entity, backing in fetch(conn, q):
             with conn.cursor() as cur:
-                cur.execute("BEGIN")
+                cur.execute(load("transaction-begin"))
                 try:
                     before = self.queue_size(conn)
-                    cur.execute(
-                        "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0"
-                        " AND NOT a.attisdropped ORDER BY a.attnum LIMIT 1",
-                        (backing,),
-                    )
+                    cur.execute(load("first-column"), {"relation": backing})
                     col = cur.fetchone()
-                    cur.execute("SELECT %s::regclass::oid", (backing,))
+                    cur.execute(load("regclass-oid"), {"relation": backing})
                     oid = cur.fetchone()
                     if not col or not oid:
                         failures.append(f"{entity}: backing table {backing} has no columns")
                         continue
-                    cur.execute(
-                        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                        " WHERE c.oid = %s",
-                        oid,
-                    )
+                    cur.execute(load("relation-name-by-oid"), {"oid": oid[0]})
                     schema, rel = cur.fetchone() or ("", "")
                     cur.execute(
                         psql.SQL("UPDATE {t} SET {c} = {c} WHERE ctid = (SELECT ctid FROM {t} LIMIT 1)").format(
@@ -127,7 +119,7 @@ class ExtensionProfile:
                     if cur.rowcount and self.queue_size(conn) <= before:
                         failures.append(f"{entity}: a change to {backing} did not reach the queue")
                 finally:
-                    cur.execute("ROLLBACK")
+                    cur.execute(load("transaction-rollback"))
         return failures
 
 

@@ -6,12 +6,11 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pgupgrade.cluster import Cluster, ServiceManager, service_for
 from pgupgrade.commands import Host, LocalHost
 from pgupgrade.errors import UnsafeState
-from pgupgrade.sql import connect, scalar
+from pgupgrade.sql import connect, fetch_named, scalar_named
 from pgupgrade.versions import Installation
 
 log = logging.getLogger(__name__)
@@ -121,21 +120,14 @@ def log_tail(host: Host, service: ServiceManager, lines: int = 50) -> str:
 def matching_options(cluster: Cluster) -> InitdbOptions:
     """What initdb of the new cluster must share with the old one for pg_upgrade to accept it."""
     with connect(cluster) as conn:
-        encoding = scalar(conn, "SHOW server_encoding")
-        collate, ctype = _one(conn, "SELECT datcollate, datctype FROM pg_database WHERE datname = 'template1'")
-        checksums = scalar(conn, "SHOW data_checksums") == "on"
-        segsize = scalar(conn, "SELECT setting::bigint / 1048576 FROM pg_settings WHERE name = 'wal_segment_size'")
-        superuser = scalar(conn, "SELECT rolname FROM pg_roles WHERE oid = 10")
+        encoding = scalar_named(conn, "server-encoding")
+        template1 = fetch_named(conn, "template1-locale")[0]
+        collate, ctype = template1["datcollate"], template1["datctype"]
+        checksums = scalar_named(conn, "data-checksums") == "on"
+        segsize = scalar_named(conn, "wal-segment-size-mb")
+        superuser = scalar_named(conn, "bootstrap-superuser")
     if collate != ctype:
         log.warning("template1 has lc_collate %s and lc_ctype %s; initdb uses lc_collate for both", collate, ctype)
     return InitdbOptions(
         encoding=encoding, locale=collate, checksums=checksums, wal_segsize_mb=int(segsize), superuser=superuser
     )
-
-
-def _one(conn: Any, query: str) -> tuple[Any, ...]:
-    with conn.cursor() as cur:
-        cur.execute(query)
-        row = cur.fetchone()
-    assert row is not None
-    return tuple(row)

@@ -34,7 +34,19 @@ else:
     psycopg2 = _LazyModule("psycopg2")
     psql = _LazyModule("psycopg2.sql")
 
-__all__ = ["SQL_DIR", "Params", "connect", "fetch", "fetch_named", "ident", "load", "psql", "psycopg2", "scalar"]
+__all__ = [
+    "SQL_DIR",
+    "Params",
+    "connect",
+    "fetch",
+    "fetch_named",
+    "ident",
+    "load",
+    "psql",
+    "psycopg2",
+    "scalar",
+    "scalar_named",
+]
 
 SQL_DIR = Path(os.environ.get("PGUPGRADE_SQL_DIR", Path(__file__).resolve().parents[1] / "sql"))
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -97,3 +109,8 @@ def fetch_named(conn: psycopg2.extensions.connection, name: str, params: Params 
 def scalar(conn: psycopg2.extensions.connection, query: str | psql.Composable, params: Params = None) -> Any:
     rows = fetch(conn, query, params)
     return rows[0][0] if rows else None
+
+
+def scalar_named(conn: psycopg2.extensions.connection, name: str, params: Params = None) -> Any:
+    """Runs a named SQL file and returns the first column of its first row (None without rows)."""
+    return scalar(conn, load(name), params)

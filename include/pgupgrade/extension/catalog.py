@@ -12,7 +12,7 @@ from typing import Any
 from pgupgrade.errors import CheckFailed
 from pgupgrade.extension.fields import between
 from pgupgrade.profiles import Conn, ExtensionProfile
-from pgupgrade.sql import fetch, fetch_named, psql, scalar
+from pgupgrade.sql import fetch, fetch_named, load, psql, scalar, scalar_named
 
 LOCK_TIMEOUT = "30s"  # DDL on busy tables (DISABLE TRIGGER, ALTER EXTENSION) gives up instead of queueing forever
 SCAN_REPEAT = 3
@@ -61,7 +61,7 @@ def update_path_exists(conn: Conn, extname: str, current: str, target: str) -> b
 
 def default_version(conn: Conn, extname: str) -> str | None:
     """The version the control file installs by default (a dump's CREATE EXTENSION creates this one)."""
-    v = scalar(conn, "SELECT default_version FROM pg_catalog.pg_available_extensions WHERE name = %s", (extname,))
+    v = scalar_named(conn, "extension-default-version", {"extname": extname})
     return str(v) if v is not None else None
 
 
@@ -144,7 +144,7 @@ def set_trigger_modes(conn: Conn, triggers: list[dict[str, Any]]) -> list[str]:
     """In the connection's (open) transaction: each trigger to its recorded mode; returns what changed."""
     changed = []
     with conn.cursor() as cur:
-        cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        cur.execute(load("set-local-lock-timeout"), {"timeout": LOCK_TIMEOUT})
         for t in triggers:
             cur.execute(
                 psql.SQL("ALTER TABLE {} {} {}").format(

@@ -29,7 +29,7 @@ from pgupgrade.extension.fields import SourceKind, check_target, version_verdict
 from pgupgrade.extension.source import AdminGet, Source, resolve_source, source_files
 from pgupgrade.profiles import Conn, ExtensionProfile
 from pgupgrade.scratch import exists, is_empty_dir
-from pgupgrade.sql import connect, scalar
+from pgupgrade.sql import connect, scalar_named
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ def backup_space(ctx: RunContext, backup_dir: str, databases: list[str]) -> tupl
     if exists(host, backup_dir, cluster.os_user) and not is_empty_dir(host, backup_dir, cluster.os_user):
         out.append(f"backup_dir {backup_dir} exists and is not empty; give each run its own directory")
     with connect(cluster) as conn:
-        size = sum(int(scalar(conn, "SELECT pg_database_size(%s)", (d,))) for d in databases)
+        size = sum(int(scalar_named(conn, "database-size", {"datname": d})) for d in databases)
     need = int(size * 1.1) + 16 * 2**20  # custom format compresses: the database size is an upper bound
     free = checks.free_bytes(host, backup_dir)
     if free < need:

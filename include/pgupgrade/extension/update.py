@@ -102,23 +102,17 @@ def document_state(ctx: RunContext) -> dict[str, Any]:
                 entity = str(row[ctx.profile.entity_column])
                 info = s["tviews"].get(entity, {})
                 cur.execute(
-                    psql.SQL("""
-                    INSERT INTO {} (dag_id, run_id, extname, extversion, entity, metadata, tview_columns, tview_rows)
-                    VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s)
-                    ON CONFLICT (dag_id, run_id, entity) DO UPDATE SET taken_at = now(), metadata = EXCLUDED.metadata,
-                        tview_columns = EXCLUDED.tview_columns, tview_rows = EXCLUDED.tview_rows""").format(
-                        psql.Identifier(*SNAPSHOT_TABLE)
-                    ),
-                    (
-                        ctx.dag_id,
-                        ctx.run_id,
-                        ctx.profile.extname,
-                        s["version"],
-                        entity,
-                        json.dumps(row, default=str),
-                        json.dumps(info.get("columns")),
-                        info.get("rows"),
-                    ),
+                    load("extension-snapshot-insert"),
+                    {
+                        "dag_id": ctx.dag_id,
+                        "run_id": ctx.run_id,
+                        "extname": ctx.profile.extname,
+                        "extversion": s["version"],
+                        "entity": entity,
+                        "metadata": json.dumps(row, default=str),
+                        "tview_columns": json.dumps(info.get("columns")),
+                        "tview_rows": info.get("rows"),
+                    },
                 )
             conn.commit()
     return {
@@ -223,7 +217,7 @@ def update_extension(ctx: RunContext) -> dict[str, Any]:
         with connect(ctx.cluster, db, autocommit=False) as conn:
             try:
                 with conn.cursor() as cur:
-                    cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                    cur.execute(load("set-local-lock-timeout"), {"timeout": LOCK_TIMEOUT})
                     cur.execute(
                         psql.SQL("ALTER EXTENSION {} UPDATE TO {}").format(
                             psql.Identifier(profile.extname), psql.Literal(target)

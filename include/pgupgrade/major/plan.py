@@ -16,7 +16,7 @@ from pgupgrade.major import transfer
 from pgupgrade.major.fields import SUPPORTED_MAJORS, target_major
 from pgupgrade.major.model import MajorPlan, Method, NewCluster, OldCluster, TransferMode
 from pgupgrade.scratch import InitdbOptions, exists, is_empty_dir
-from pgupgrade.sql import connect, scalar
+from pgupgrade.sql import connect, scalar_named
 from pgupgrade.state import safe_name
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ def plan(ctx: RunContext) -> MajorPlan | plans.AlreadyThere:
     p, old, host = ctx.params, ctx.cluster, ctx.host
     to_major = target_major(ctx)
     with connect(old) as conn:
-        running = versions.Version.from_num(int(scalar(conn, "SHOW server_version_num")))
-        old_socket_dirs = str(scalar(conn, "SHOW unix_socket_directories"))
+        running = versions.Version.from_num(int(scalar_named(conn, "server-version-num")))
+        old_socket_dirs = str(scalar_named(conn, "unix-socket-directories"))
     if running.major not in SUPPORTED_MAJORS:
         raise PlanError(
             f"PostgreSQL {running} is not supported "
@@ -177,11 +177,11 @@ def _blockers(
 def _size(old: Cluster, dbs: list[str]) -> tuple[int, int]:
     """(bytes of data, relations) over the user databases."""
     with connect(old) as conn:
-        data_bytes = sum(int(scalar(conn, "SELECT pg_database_size(%s)", (d,))) for d in dbs)
+        data_bytes = sum(int(scalar_named(conn, "database-size", {"datname": d})) for d in dbs)
     relations = 0
     for db in dbs:
         with connect(old, db) as conn:
-            relations += int(scalar(conn, "SELECT count(*) FROM pg_class"))
+            relations += int(scalar_named(conn, "pg-class-count"))
     return data_bytes, relations
 
 

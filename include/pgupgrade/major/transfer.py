@@ -15,7 +15,7 @@ from pgupgrade.commands import Host, Result
 from pgupgrade.context import RunContext
 from pgupgrade.major.model import MajorPlan
 from pgupgrade.scratch import InitdbOptions, initdb
-from pgupgrade.sql import connect, scalar
+from pgupgrade.sql import connect, scalar_named
 from pgupgrade.versions import Installation
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def _conf_file(old: Cluster, conf: dict[str, str], name: str) -> str:
 
 def preload_libraries(old: Cluster) -> str:
     with connect(old) as conn:
-        return str(scalar(conn, "SHOW shared_preload_libraries") or "")
+        return str(scalar_named(conn, "shared-preload-libraries") or "")
 
 
 def prepare_new_cluster(old: Cluster, new: Installation, new_datadir: str, options: InitdbOptions, host: Host) -> None:

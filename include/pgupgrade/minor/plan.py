@@ -20,7 +20,7 @@ from pgupgrade.install_command import parse_install_command
 from pgupgrade.minor import installers
 from pgupgrade.minor.fields import INSTALL_COMMAND_VARIABLE, Installer
 from pgupgrade.scratch import InitdbOptions, exists
-from pgupgrade.sql import connect, scalar
+from pgupgrade.sql import connect, scalar_named
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def on_new(ctx: RunContext, plan_: MinorPlan) -> RunContext:
 def server_version(ctx: RunContext) -> tuple[int, str]:
     """``server_version_num`` and ``version()`` of the running server."""
     with connect(ctx.cluster) as conn:
-        return int(scalar(conn, "SHOW server_version_num")), str(scalar(conn, "SELECT version()"))
+        return int(scalar_named(conn, "server-version-num")), str(scalar_named(conn, "server-version-string"))
 
 
 # -- plan -----------------------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ def _other_clusters(ctx: RunContext, installer: Installer, running: versions.Ver
 
 def _data_bytes(ctx: RunContext, dbs: list[str]) -> int:
     with connect(ctx.cluster) as conn:
-        return sum(int(scalar(conn, "SELECT pg_database_size(%s)", (d,))) for d in dbs)
+        return sum(int(scalar_named(conn, "database-size", {"datname": d})) for d in dbs)
 
 
 def _check_space(ctx: RunContext, backup_dir: str, data_bytes: int) -> Space:

@@ -1,0 +1,2 @@
+-- Ends the transaction block transaction-begin opened, undoing everything in it.
+ROLLBACK;

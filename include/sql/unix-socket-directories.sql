@@ -1,0 +1,2 @@
+-- Where the server listens for Unix-socket connections.
+SHOW unix_socket_directories;
