@@ -236,9 +236,11 @@ UI's Gantt chart shows them as one bar (the report lists each step's seconds).
 **Parse time.** Two causes made the eight files take about 2 s together: every forked parse imported the library
 again, and Airflow deep-copies a DAG's params into each of its operators (~220 for the 4-DAG major file). Now
 every Airflow process imports the library once at start-up (`plugins/airflow_local_settings.py` →
-`pgupgrade.preload`; the dag-processor forks its parsers from a process that already holds it), and the Params
-share their never-mutated schema between those copies (`pgupgrade.airflow.context.shared_on_copy`). What is left
-is Airflow building the operators and validating each DAG's Param defaults.
+`pgupgrade.preload`; the dag-processor forks its parsers from a process that already holds it), the Params share
+their never-mutated schema between those copies (`pgupgrade.airflow.context.shared_on_copy`), the step tasks are
+plain PythonOperators (a TaskFlow-decorated task costs about three times as much to build), and what the builders
+imported lazily (TriggerDagRunOperator) comes with the library. What is left is Airflow building the operators and
+validating each DAG's Param defaults.
 
 ## Method
 

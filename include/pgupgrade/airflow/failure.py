@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -186,7 +187,6 @@ def rollback_callback(rollback_dag_id: str) -> Callable[[dict[str, Any]], None]:
 
 def failure_tail(dag: Any, rollback_dag_id: str, fields: list[Field]) -> None:
     """handover_lock (one_failed) → trigger_rollback → finish (all_done; fails the run when anything failed)."""
-    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 
     upstream = list(dag.tasks)
 

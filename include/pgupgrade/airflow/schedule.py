@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import get_current_context, task
 
 from pgupgrade import schedule
@@ -60,7 +61,6 @@ def scheduled_dispatch(fields: list[Field], before: Any) -> Any:
     gate ``manual_only`` upstream of ``before`` (the first task group). Call it inside the DAG, after
     ``failure.failure_tail``: the dispatch tasks are then no upstream of the failure tail, and a failed dispatch
     fails the scheduled run by itself (they are leaves)."""
-    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 
     runs = task(
         task_id="cluster_runs",
