@@ -47,13 +47,8 @@ from pgupgrade.airflow import context as airflow_context
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import failure, tasks
 from pgupgrade.major import rollback
-from pgupgrade.state import RunJournal
 
 F = recovery.FIELDS
-
-
-def _upgrade_state(ctx: Any) -> RunJournal:
-    return ctx.run_of(ctx.params["upgrade_dag_id"], ctx.params["upgrade_run_id"])
 
 
 def _step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
@@ -86,7 +81,7 @@ with ad.rollback_dag(
             ctx.state,
             "assess",
             lambda: rollback.decide(
-                _upgrade_state(ctx), ctx.cluster, ctx.host, accept_data_loss=ctx.params["accept_data_loss"]
+                ctx.upgrade_run, ctx.cluster, ctx.host, accept_data_loss=ctx.params["accept_data_loss"]
             ),
         )
         ctx.state.save("decision", decision)
@@ -95,15 +90,13 @@ with ad.rollback_dag(
 
     back = _step(
         "bring_back_old",
-        lambda ctx: rollback.bring_back_old(
-            ctx.state.load("decision")["path"], _upgrade_state(ctx), ctx.cluster, ctx.host
-        ),
+        lambda ctx: rollback.bring_back_old(ctx.state.load("decision")["path"], ctx.upgrade_run, ctx.cluster, ctx.host),
         "Stops the new cluster, restores pg_control if needed, starts the old one (logins still blocked).",
     )
     restore = _step(
         "restore_from_backup",
         lambda ctx: recovery.restore_from_backup(
-            _upgrade_state(ctx),
+            ctx.upgrade_run,
             ctx.cluster,
             ctx.host,
             accept_data_loss=ctx.params["accept_data_loss"],
@@ -113,7 +106,7 @@ with ad.rollback_dag(
     )
     verify = _step(
         "verify_old",
-        lambda ctx: rollback.verify_old(_upgrade_state(ctx), ctx.cluster),
+        lambda ctx: rollback.verify_old(ctx.upgrade_run, ctx.cluster),
         "The old version serves with facts equal to the snapshot; then logins are given back.",
         trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
     )

@@ -55,16 +55,17 @@ def terminate_clients(ctx: RunContext, databases: list[str]) -> dict[str, Any]:
     with connect(ctx.cluster) as conn:
         scalar_named(conn, "checkpoint")  # the shutdown checkpoint then has little left to write
     ctx.state.record("cutover_started")
+    gate = gate_for(ctx.cluster)
     terminated = 0
-    if gate_for(ctx.cluster).sessions():
+    if gate.sessions():
         if ctx.params["terminate_after_s"] < 0:
             raise CheckFailed("client sessions are connected and terminate_after_s is -1 (never terminate)")
-        terminated = gate_for(ctx.cluster).terminate()
+        terminated = gate.terminate()
         ctx.state.record("clients_terminated", count=terminated)
         log.warning("terminated %d client sessions", terminated)
     deadline = time.monotonic() + ctx.params["queue_wait_timeout_s"]
     while True:
-        left = gate_for(ctx.cluster).sessions()
+        left = gate.sessions()
         if not left and queue_empty(ctx, databases):
             return {"terminated": terminated}
         if time.monotonic() > deadline:

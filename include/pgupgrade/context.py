@@ -43,6 +43,8 @@ class RunContext:
     def lock(self) -> Lock:
         return self.store.cluster_lock(self.host.name, self.cluster.datadir)
 
-    def run_of(self, dag_id: str, run_id: str) -> RunJournal:
-        """Another run's state in the same store (a rollback reads the upgrade run it undoes)."""
-        return self.store.run(dag_id, run_id)
+    @property
+    def upgrade_run(self) -> RunJournal:
+        """The upgrade run a rollback or cleanup run acts for (params ``upgrade_dag_id``, ``upgrade_run_id``), in
+        the same store."""
+        return self.store.run(self.params["upgrade_dag_id"], self.params["upgrade_run_id"])

@@ -82,6 +82,12 @@ def recorded(cls: type[P], data: Mapping[str, Any] | None) -> P | AlreadyThere |
     return from_json(cls, data)
 
 
+def planned(cls: type[P], data: Mapping[str, Any] | None) -> P | None:
+    """A run's recorded plan when it planned a change: None when it recorded none or had nothing to do."""
+    found = recorded(cls, data)
+    return None if isinstance(found, AlreadyThere) else found
+
+
 def to_json(plan: Any) -> dict[str, Any]:
     """The JSON object of a plan: enums as their values, with ``schema_version``."""
 

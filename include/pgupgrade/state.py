@@ -109,10 +109,10 @@ class FileRunStore:
     root: Path
 
     def run(self, dag_id: str, run_id: str) -> RunState:
-        return RunState(dag_id, run_id, self.root)
+        return RunState.for_run(dag_id, run_id, self.root)
 
     def cluster_lock(self, host: str, datadir: str) -> ClusterLock:
-        return ClusterLock(f"{host}:{datadir}", self.root)
+        return ClusterLock.for_cluster(host, datadir, self.root)
 
 
 def store() -> RunStore:

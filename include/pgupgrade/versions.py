@@ -100,11 +100,3 @@ def for_major(major: int, extra: list[str] | None = None, host: Host | None = No
         if inst.major == major:
             return inst
     raise ConfigError("bindir", f"no PostgreSQL {major} installation found (add it to PGUPGRADE_BINDIRS)")
-
-
-def for_version(version: str, extra: list[str] | None = None, host: Host | None = None) -> Installation:
-    wanted = Version.parse(version)
-    for inst in discover(extra, host):
-        if inst.version == wanted:
-            return inst
-    raise ConfigError("target_version", f"PostgreSQL {wanted} is not installed")

@@ -49,14 +49,6 @@ def failed_tasks() -> list[str]:
     return sorted(t for t, s in per_run.items() if str(s).lower().rsplit(".", 1)[-1] == "failed" and t != ti.task_id)
 
 
-def rollback_conf(params: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "upgrade_dag_id": "{{ dag.dag_id }}",
-        "upgrade_run_id": "{{ run_id }}",
-        "postgres_conn_id": params["postgres_conn_id"],
-    }
-
-
 def check_rollback_dag(rollback_dag_id: str) -> str:
     """Fails unless the rollback DAG exists and is unpaused (a paused one would leave its run queued)."""
     paused = _dag_paused_via_api(rollback_dag_id)

@@ -46,11 +46,6 @@ class RollbackPath(enum.StrEnum):
     KEEP_NEW = "keep_new"  # a restore would lose later writes: the new version stays, checked; the run fails
 
 
-def upgrade_state(ctx: RunContext) -> RunJournal:
-    """The state of the upgrade run to roll back (params ``upgrade_dag_id``, ``upgrade_run_id``)."""
-    return ctx.run_of(ctx.params["upgrade_dag_id"], ctx.params["upgrade_run_id"])
-
-
 def recorded_plan(up: RunJournal) -> ExtensionPlan | RefusedPlan | AtTargetPlan | None:
     """The upgrade run's plan in the form it was recorded (also by code older than the typed plan: the same
     keys, no ``schema_version``); None when the run stopped before its plan."""
@@ -59,14 +54,12 @@ def recorded_plan(up: RunJournal) -> ExtensionPlan | RefusedPlan | AtTargetPlan 
         return plans.from_json(RefusedPlan, data)
     if data and data.get("already_upgraded"):
         return plans.from_json(AtTargetPlan, data)
-    found = plans.recorded(ExtensionPlan, data)
-    assert not isinstance(found, plans.AlreadyThere)
-    return found
+    return plans.planned(ExtensionPlan, data)
 
 
 def upgrade_plan(ctx: RunContext) -> ExtensionPlan:
     """The plan the upgrade run carried out (the steps after ``assess`` act on it)."""
-    found = recorded_plan(upgrade_state(ctx))
+    found = recorded_plan(ctx.upgrade_run)
     if not isinstance(found, ExtensionPlan) or isinstance(found, RefusedPlan):
         raise CheckFailed("the upgrade run carried out no plan: nothing to roll back")
     return found
@@ -140,7 +133,7 @@ def _nothing(why: str) -> dict[str, Any]:
 def assess(ctx: RunContext) -> dict[str, Any]:
     """Per database, from the upgrade run's journal and the catalog: restore it (its update committed), or only
     give its triggers back (nothing else changed). Refuses a restore that would lose later writes."""
-    up = upgrade_state(ctx)
+    up = ctx.upgrade_run
     if not ctx.params["upgrade_run_id"] or not up.exists():
         raise ConfigError("upgrade_run_id", f"no state for {up.dag_id} run {up.run_id!r} in {up.location}")
     if services.start_if_down(ctx.cluster, ctx.host):  # the server died under the run (this DAG never stops it)
@@ -217,7 +210,7 @@ def verify_kept_new(ctx: RunContext, decision: dict[str, Any]) -> NoReturn:
     function; restore_triggers has put the triggers back). Then the refusal is raised all the same, so the run
     fails and the lock waits for a person (``accept_data_loss``), saying whether the kept version passed."""
     kept = replace(upgrade_plan(ctx), databases=list(decision["kept"]))
-    as_run = replace(ctx, state=upgrade_state(ctx))
+    as_run = replace(ctx, state=ctx.upgrade_run)
     errors: list[str] = []
     try:
         verify_updated(as_run, kept)
@@ -268,7 +261,7 @@ def restore_databases(ctx: RunContext, decision: dict[str, Any]) -> dict[str, An
     out: dict[str, Any] = {}
     if not decision["restore"]:
         return out
-    plan, manifest = upgrade_plan(ctx), upgrade_state(ctx).load("backup")
+    plan, manifest = upgrade_plan(ctx), ctx.upgrade_run.load("backup")
     for db in decision["restore"]:
         old = plan.from_versions[db]
         ctx.state.record("database_restore_started", database=db, archive=manifest["databases"][db]["file"])
@@ -286,7 +279,7 @@ def restore_databases(ctx: RunContext, decision: dict[str, Any]) -> dict[str, An
 
 
 def rollback_triggers(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
-    return restore_triggers(ctx.cluster, upgrade_state(ctx), ctx.profile, decision["triggers"], ctx.state)
+    return restore_triggers(ctx.cluster, ctx.upgrade_run, ctx.profile, decision["triggers"], ctx.state)
 
 
 def _restored_rows_differ(db: str, manifest: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -307,7 +300,7 @@ def verify_rolled_back(ctx: RunContext, decision: dict[str, Any]) -> dict[str, A
         return {"checked": "nothing was changed"}
     if decision["path"] == RollbackPath.KEEP_NEW:
         verify_kept_new(ctx, decision)
-    up = upgrade_state(ctx)
+    up = ctx.upgrade_run
     plan = upgrade_plan(ctx)
     saved = up.load("triggers_before") or {}
     before = up.load("state_before") or {}

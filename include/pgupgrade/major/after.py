@@ -62,7 +62,7 @@ def write_report(ctx: RunContext, status: str, extra: dict[str, Any] | None = No
     from pgupgrade import report
 
     more: dict[str, Any] = dict(extra or {})
-    if isinstance(plans.recorded(MajorPlan, ctx.state.load("plan")), MajorPlan) and ctx.state.happened("opened"):
+    if plans.planned(MajorPlan, ctx.state.load("plan")) and ctx.state.happened("opened"):
         more["next_steps"] = (
             "point the Airflow connection at the new cluster: extra = "
             + json.dumps(new_connection_extra(ctx), sort_keys=True)

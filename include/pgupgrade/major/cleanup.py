@@ -19,9 +19,8 @@ log = logging.getLogger(__name__)
 
 def cleanup_check(ctx: RunContext) -> dict[str, Any]:
     """Everything that must hold before the old cluster may go; no side effects."""
-
     p = ctx.params
-    up = ctx.run_of(p["upgrade_dag_id"], p["upgrade_run_id"])
+    up = ctx.upgrade_run
     plan_ = recorded_plan(up)
     if plan_ is None or not up.happened("opened"):
         raise PlanError(f"run {p['upgrade_dag_id']}/{p['upgrade_run_id']} did not finish an upgrade (no 'opened')")
@@ -48,10 +47,8 @@ def cleanup_check(ctx: RunContext) -> dict[str, Any]:
 def delete_old_cluster(ctx: RunContext) -> dict[str, Any]:
     """pg_upgrade's own delete_old_cluster.sh when it wrote one (it knows the tablespace subdirectories),
     otherwise the old data directory."""
-
     checked = cleanup_check(ctx)
-    p = ctx.params
-    up = ctx.run_of(p["upgrade_dag_id"], p["upgrade_run_id"])
+    up = ctx.upgrade_run
     user = ctx.cluster.os_user
     script = f"{checked['work_dir']}/delete_old_cluster.sh"
     up.record("old_cluster_deleted", by=f"{ctx.dag_id}/{ctx.run_id}", datadir=checked["old_datadir"])

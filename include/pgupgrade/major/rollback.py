@@ -47,8 +47,7 @@ class RollbackPath(enum.StrEnum):
 
 def recorded_plan(upgrade_state: RunJournal) -> MajorPlan | None:
     """The upgrade run's plan, when it planned an upgrade (None: no plan recorded, or nothing to do)."""
-    plan = plans.recorded(MajorPlan, upgrade_state.load("plan"))
-    return plan if isinstance(plan, MajorPlan) else None
+    return plans.planned(MajorPlan, upgrade_state.load("plan"))
 
 
 def assess(upgrade_state: RunJournal, old: Cluster, host: Host) -> tuple[RollbackPath, str]:
@@ -128,12 +127,13 @@ def changes_since_open(upgrade_state: RunJournal, old: Cluster, host: Host) -> d
         if not service_for(new, host).accepts_connections():
             return out
         out["wal"] = wal_since_open(upgrade_state, new)
-        roles = gate_for(new).block()
-        gate_for(new).terminate()
+        gate = gate_for(new)
+        roles = gate.block()
+        gate.terminate()
         content = any("md5" in t for db in after["databases"].values() for t in db["tables"].values())
         diffs = facts.compare(after, facts.snapshot(new, content=content))
         if diffs:
-            gate_for(new).unblock(roles)
+            gate.unblock(roles)
         out["changes"] = diffs
     except (PgUpgradeError, psycopg2.Error) as exc:
         log.warning("cannot compare the new cluster with its facts at opening: %s", exc)

@@ -25,14 +25,9 @@ from pgupgrade.state import RunJournal
 log = logging.getLogger(__name__)
 
 
-def upgrade_state(ctx: RunContext) -> RunJournal:
-    return ctx.run_of(ctx.params["upgrade_dag_id"], ctx.params["upgrade_run_id"])
-
-
 def recorded_plan(up: RunJournal) -> MinorPlan | None:
     """The upgrade run's plan; None when it changed nothing (no plan recorded, or already on the target)."""
-    plan_ = plans.recorded(MinorPlan, up.load("plan"))
-    return plan_ if isinstance(plan_, MinorPlan) else None
+    return plans.planned(MinorPlan, up.load("plan"))
 
 
 def _plan_of(up: RunJournal) -> MinorPlan:
@@ -46,7 +41,7 @@ def _plan_of(up: RunJournal) -> MinorPlan:
 def assess(ctx: RunContext) -> dict[str, Any]:
     """The path, from the upgrade run's journal: ``nothing`` (no plan: it changed nothing), ``never_stopped``
     (give logins back), ``previous_release`` (back to the recorded release through the same installer)."""
-    up = upgrade_state(ctx)
+    up = ctx.upgrade_run
     if not up.exists():
         raise ConfigError("upgrade_run_id", f"no state for {up.dag_id} run {up.run_id!r}")
     plan_ = recorded_plan(up)
@@ -90,7 +85,7 @@ def back_to_previous(ctx: RunContext) -> dict[str, Any]:
     if decision["path"] == "nothing":
         ctx.state.save("start", {"started": True})
         return {"path": "nothing"}
-    up = upgrade_state(ctx)
+    up = ctx.upgrade_run
     plan_ = _plan_of(up)
     prev = on_old(ctx, plan_)
     if decision["path"] == "never_stopped":
@@ -161,7 +156,7 @@ def restore_from_backup(ctx: RunContext) -> str:
     """Only when the data directory no longer starts on the previous release: the directory is moved aside
     (never deleted), a fresh cluster is initdb'd with the previous binaries and the backup restored. Refused
     when data changed after the backup, unless accept_data_loss (recovery.data_loss_risks)."""
-    up = upgrade_state(ctx)
+    up = ctx.upgrade_run
     plan_ = _plan_of(up)
     ctx.state.record("restore_started")
     aside = recovery.restore_from_backup(
@@ -175,7 +170,7 @@ def verify_previous(ctx: RunContext) -> dict[str, Any]:
     """version() equals the one recorded before the upgrade; facts equal the snapshot taken before the stop
     (or the one this rollback took before stopping a cluster clients had used; or the backup's, after an
     accepted lossy restore)."""
-    up = upgrade_state(ctx)
+    up = ctx.upgrade_run
     plan_ = recorded_plan(up)
     if plan_ is None:
         return {"verified": False, "why": "the upgrade run changed nothing"}
@@ -199,7 +194,7 @@ def verify_previous(ctx: RunContext) -> dict[str, Any]:
 
 def refresh_tviews(ctx: RunContext) -> int:
     """Every TVIEW refreshed (force) on the previous release."""
-    plan_ = recorded_plan(upgrade_state(ctx))
+    plan_ = recorded_plan(ctx.upgrade_run)
     if plan_ is None:
         return 0
     prev = on_old(ctx, plan_)
@@ -208,7 +203,7 @@ def refresh_tviews(ctx: RunContext) -> int:
 
 def open_to_clients(ctx: RunContext) -> list[str]:
     """Gives back the logins the upgrade run (and this run) blocked."""
-    up = upgrade_state(ctx)
+    up = ctx.upgrade_run
     plan_ = recorded_plan(up)
     roles = sorted(set(up.load("blocked_roles", [])) | set(ctx.state.load("blocked_roles", [])))
     if plan_ is not None and roles:
