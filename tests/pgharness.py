@@ -16,11 +16,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pgupgrade import versions
+from pgupgrade import identity, versions
 from pgupgrade.cluster import Cluster, Service
 from pgupgrade.commands import LocalHost
 from pgupgrade.scratch import InitdbOptions, create_cluster, write_settings
 from pgupgrade.sql import connect
+from pgupgrade.state import ClusterLock, FileRunStore, state_root
 
 HOST = LocalHost()
 OS_USER = "postgres"
@@ -382,3 +383,8 @@ def _probe_loop(
         if conn is not None:
             conn.close()
         out.put(None)
+
+
+def lock_of(cluster: Cluster, root: Path | None = None) -> ClusterLock:
+    """The file store's lock of a cluster on this machine, under the key the runs use."""
+    return FileRunStore(root or state_root()).cluster_lock(identity.lock_key(cluster, HOST))

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pgupgrade import plans
+from pgupgrade import identity, plans
 from pgupgrade import state as run_state
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
 from pgupgrade.errors import UnsafeState
 from pgupgrade.profiles import ExtensionProfile
 from pgupgrade.state import Lock, RunJournal, RunStore
+from pgupgrade.state.spool import Spool
 
 P = TypeVar("P")
 
@@ -28,6 +29,7 @@ class RunContext:
     spec: dict[str, Any] = field(default_factory=dict)  # fixed by the DAG factory (e.g. from/to major)
     store: RunStore = field(default_factory=run_state.store)  # where ``state`` and the cluster lock live
     _plans: dict[type, Any] = field(default_factory=dict, repr=False, compare=False)
+    _lock_key: str | None = field(default=None, repr=False, compare=False)
 
     def plan(self, cls: type[P]) -> P:
         """This run's recorded plan as its runbook's type, read once per context."""
@@ -41,10 +43,23 @@ class RunContext:
 
     @property
     def lock(self) -> Lock:
-        return self.store.cluster_lock(self.host.name, self.cluster.datadir)
+        """The cluster's lock, keyed by the database host's node name and the data directory's real path: as
+        recorded by this run (or the upgrade run it acts for) when it proved the cluster, else asked of the host."""
+        if self._lock_key is None:
+            recorded = self.state.load("identity") or (
+                self.upgrade_run.load("identity") if self.params.get("upgrade_run_id") else None
+            )
+            self._lock_key = (recorded or {}).get("lock_key") or identity.lock_key(self.cluster, self.host)
+        return self.store.cluster_lock(self._lock_key)
 
     @property
     def upgrade_run(self) -> RunJournal:
         """The upgrade run a rollback or cleanup run acts for (params ``upgrade_dag_id``, ``upgrade_run_id``), in
         the same store."""
-        return self.store.run(self.params["upgrade_dag_id"], self.params["upgrade_run_id"])
+        return self.journal_of(self.params["upgrade_dag_id"], self.params["upgrade_run_id"])
+
+    def journal_of(self, dag_id: str, run_id: str) -> RunJournal:
+        """A run's journal in this context's store, with its spool on this cluster's database host."""
+        return self.store.run(
+            dag_id, run_id, Spool.beside(self.host, self.cluster.os_user, self.cluster.datadir, dag_id, run_id)
+        )

@@ -7,6 +7,7 @@ import hashlib
 import logging
 from dataclasses import replace
 
+from pgupgrade import guard
 from pgupgrade.cluster import Cluster, service_for
 from pgupgrade.commands import Host
 from pgupgrade.context import RunContext
@@ -59,6 +60,7 @@ def pg_control_state(host: Host, datadir: str, user: str) -> dict[str, bool]:
 def stop_old(ctx: RunContext) -> None:
     """Stops the old cluster and records its shutdown checkpoint's LSN: a rollback that rebuilds it from the
     base backup and its WAL proves it replayed at least that far."""
+    guard.prove(ctx)
     ctx.state.record("old_stop_requested")
     service_for(ctx.cluster, ctx.host).stop("fast")
     ctx.state.record("old_stopped", checkpoint_lsn=checkpoint_lsn(ctx.cluster, ctx.host))

@@ -19,11 +19,11 @@ from pgupgrade import sql as pgsql
 from pgupgrade.cluster import Cluster
 from pgupgrade.extension import catalog, fields
 from pgupgrade.sql import connect, fetch, scalar
-from pgupgrade.state import ClusterLock, RunState
+from pgupgrade.state import RunState
 
 from airflow_helpers import report_of, run, run_triggered_rollback
 from conftest import register_connection
-from pgharness import APP_DB, Pool
+from pgharness import APP_DB, Pool, lock_of
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 STATE = Path(os.environ["PGUPGRADE_STATE_DIR"])
@@ -75,7 +75,7 @@ def add_tview(cluster: Cluster, db: str, entity: str, table: str, rows: int = 20
 
 
 def lock_file(cluster: Cluster) -> Path:
-    return ClusterLock.for_cluster("localhost", cluster.datadir, STATE).path
+    return lock_of(cluster, STATE).path
 
 
 def assert_green(dr: Any, states: dict[str, str]) -> None:

@@ -20,12 +20,12 @@ from pgupgrade.errors import ConfigError, PlanError
 from pgupgrade.minor import fields, installers
 from pgupgrade.minor import plan as minor_plan
 from pgupgrade.sql import connect
-from pgupgrade.state import ClusterLock, RunState, state_root
+from pgupgrade.state import RunState, state_root
 
 import pgharness
 from airflow_helpers import ROLLBACK, UPGRADE, minor_conf, report_of, run, run_triggered_rollback, run_under_writes
 from conftest import register_connection
-from pgharness import APP_DB, HOST, OS_USER, Pool, data_checks_out, installation, same_rows, seed_data, served
+from pgharness import APP_DB, HOST, OS_USER, Pool, data_checks_out, installation, lock_of, same_rows, seed_data, served
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 OK = {"success", "skipped"}
@@ -80,7 +80,7 @@ def test_bindir_upgrade_15_18_to_15_20_then_manual_rollback(pool: Pool) -> None:
     assert conf["new_bindir"] in rep["next_steps"]
     md = Path(state.load("report")["markdown"]).read_text()
     assert "Measured outage" in md
-    assert ClusterLock.for_cluster("localhost", old.datadir).holder() is None
+    assert lock_of(old).holder() is None
     print(f"minor bindir 15.18→15.20: outage {rep['outage']['seconds']}s, server down {rep['server_down_seconds']}s")
 
     # Clients write on 15.20; a person asks for the rollback. The connection still names the 15.18 bindir while
@@ -161,7 +161,7 @@ def test_failed_start_rolls_back_to_15_18(pool: Pool, data_dir_lost: bool) -> No
     assert real(installers.running_bindir(HOST, old) or "") == real(old.bindir)
     data_checks_out(old)
     same_rows(state.load("facts_before"), facts.snapshot(old))
-    assert ClusterLock.for_cluster("localhost", old.datadir).holder() is None
+    assert lock_of(old).holder() is None
     rb_rep = report_of(state_root(), ROLLBACK, rb.run_id)
     assert rb_rep["status"] == "success" and rb_rep["rollback_path"] == "previous_release"
     if data_dir_lost:

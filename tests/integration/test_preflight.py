@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from pgupgrade.sql import connect, scalar
-from pgupgrade.state import ClusterLock, RunState
+from pgupgrade.state import RunState
 
 from airflow_helpers import ROOT, report_of
 from conftest import register_connection
-from pgharness import APP_DB, HOST, installation
+from pgharness import APP_DB, installation, lock_of
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 STATE = Path(os.environ["PGUPGRADE_STATE_DIR"])
@@ -91,7 +91,7 @@ def test_preflight_reports_ready_and_names_the_prepared_transaction(pool, tmp_pa
 
         # read-only: no lock taken, no new cluster, the prepared transaction and the data untouched
         for c in (ready, blocked):
-            assert ClusterLock.for_cluster(HOST.name, c.datadir, STATE).holder() is None
+            assert lock_of(c, STATE).holder() is None
             leftovers = [p.name for p in Path(c.datadir).parent.iterdir() if p.name not in ("data", "sock")]
             assert all(not any(Path(c.datadir).parent.joinpath(n).rglob("*")) for n in leftovers), leftovers
         with connect(blocked) as conn:

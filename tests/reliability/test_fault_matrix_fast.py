@@ -23,10 +23,10 @@ from pgupgrade.errors import LockHeld, UnsafeState
 from pgupgrade.major import cutover, fields
 from pgupgrade.params import validate
 from pgupgrade.scratch import InitdbOptions, initdb
-from pgupgrade.state import ClusterLock, RunState, state_root
+from pgupgrade.state import RunState
 
 from airflow_helpers import run, triggered_runs
-from pgharness import Pool, WriteProbe
+from pgharness import Pool, WriteProbe, lock_of
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 LINK = fm.FAMILIES["major-link"]
@@ -111,7 +111,7 @@ def test_worker_killed_mid_pg_upgrade_then_rerun_and_rollback(pool: Pool) -> Non
     run_id = fm.upgrade_run_id(LINK.dag_id, known)
     state = RunState.for_run(LINK.dag_id, run_id)
     assert state.happened("transfer_started") and not state.happened("transfer_done"), state.events()
-    lock = ClusterLock.for_cluster("localhost", cluster.datadir, state_root())
+    lock = lock_of(cluster)
     assert lock.holder()["run_id"] == run_id
     backup = Path(case.conf["backup_dir"])
     backup_files = {p: p.stat().st_mtime for p in backup.rglob("*")}

@@ -16,11 +16,11 @@ import pytest
 
 from pgupgrade.cluster import Cluster
 from pgupgrade.sql import connect, scalar
-from pgupgrade.state import ClusterLock, RunState, state_root
+from pgupgrade.state import RunState
 
 from airflow_helpers import run
 from conftest import register_connection
-from pgharness import APP_DB, Pool, installation
+from pgharness import APP_DB, Pool, installation, lock_of
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 MAJOR, MINOR, EXT = "pg15_to_pg16_upgrade", "pg_minor_upgrade", "pg_tviews_0_1_to_0_2_migration"
@@ -109,7 +109,7 @@ def test_hostile_conf_is_refused_before_any_side_effect(target: Cluster, dag_id:
         assert RunState.for_run(dag_id, dr.run_id).side_effects() == []
     assert not CANARY.exists(), f"an injection ran: {CANARY}"
     assert started_at(target) == since, "the server was restarted"
-    assert ClusterLock.for_cluster("localhost", target.datadir, state_root()).holder() is None
+    assert lock_of(target).holder() is None
     assert not Path(target.datadir).parent.joinpath("backup").exists()
     assert not Path(target.datadir).parent.joinpath("data16").exists()
     with connect(target, APP_DB) as conn:

@@ -13,10 +13,11 @@ from airflow.sdk import Param, get_current_context
 
 from pgupgrade import profiles
 from pgupgrade.airflow.connections import cluster_from_conn_id, host_for
+from pgupgrade.airflow.store import run_store
 from pgupgrade.context import RunContext
 from pgupgrade.errors import ConfigError
 from pgupgrade.params import Field, validate
-from pgupgrade.state import store as run_store
+from pgupgrade.state.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +85,18 @@ def run_context(
     clean = params if params is not None else validated(fields)
     cluster = cluster_from_conn_id(clean["postgres_conn_id"])
     dag_id, run_id = state_of or (ctx["dag"].dag_id, ctx["run_id"])
+    store = run_store()
+    host = host_for(cluster)
     return RunContext(
         dag_id=dag_id,
         run_id=run_id,
         params=clean,
         cluster=cluster,
-        host=host_for(cluster),
-        state=run_store().run(dag_id, run_id),
+        host=host,
+        state=store.run(dag_id, run_id, Spool.beside(host, cluster.os_user, cluster.datadir, dag_id, run_id)),
         profile=profiles.get(clean.get("extension_profile", "pg_tviews")),
         spec=spec or {},
+        store=store,
     )
 
 

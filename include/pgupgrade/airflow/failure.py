@@ -13,11 +13,11 @@ from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from pgupgrade.airflow.context import run_context
+from pgupgrade.airflow.store import run_store
 from pgupgrade.context import RunContext
 from pgupgrade.errors import ConfigError, PgUpgradeError
 from pgupgrade.params import Field
 from pgupgrade.state import RunJournal
-from pgupgrade.state import store as run_store
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier, Connection, Variable
 
+from pgupgrade.airflow.store import run_store
 from pgupgrade.notify import as_text, message
-from pgupgrade.state import store as run_store
 
 log = logging.getLogger(__name__)
 NOTIFY_VARIABLE = "pgupgrade_notify"

@@ -13,9 +13,9 @@ from airflow.sdk.exceptions import AirflowFailException
 from pgupgrade import preflight, windows
 from pgupgrade.airflow import context as airflow_context
 from pgupgrade.airflow import tasks
+from pgupgrade.airflow.store import run_store
 from pgupgrade.context import RunContext
 from pgupgrade.params import Field
-from pgupgrade.state import store as run_store
 
 log = logging.getLogger(__name__)
 

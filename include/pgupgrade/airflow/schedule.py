@@ -17,9 +17,9 @@ from airflow.sdk import get_current_context, task
 
 from pgupgrade import schedule
 from pgupgrade.airflow import tasks
+from pgupgrade.airflow.store import run_store
 from pgupgrade.airflow.windows import run_window_from_context
 from pgupgrade.params import Field
-from pgupgrade.state import store as run_store
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from pgupgrade import plans
+from pgupgrade import guard, plans
 from pgupgrade.airflow.context import admin_json_variable, run_context, validated
 from pgupgrade.airflow.failure import check_rollback_dag, dagrun_alive
 from pgupgrade.context import RunContext
@@ -222,10 +222,11 @@ def plan_phase(
     )()
     lock = step_task(
         "acquire_lock",
-        lambda rc: rc.lock.acquire(rc.dag_id, rc.run_id, dagrun_alive),
+        lambda rc: guard.take_cluster(rc, dagrun_alive),
         fields=fields,
         spec=spec,
-        doc="Per-cluster lock: two runs on one cluster never overlap.",
+        doc="Proves the connection reaches the primary in pg_datadir on the runner's host, then takes the "
+        "per-cluster lock: two runs on one cluster never overlap.",
     )
 
     def _plan(rc: RunContext) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+INSERT INTO pgupgrade.schema_version (version) VALUES (%(version)s)
