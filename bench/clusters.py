@@ -15,14 +15,17 @@ from pathlib import Path
 from psycopg2 import sql as psql
 
 from pgupgrade.cluster import Cluster, Service
+from pgupgrade.commands import LocalHost
 from pgupgrade.scratch import write_settings
 from pgupgrade.sql import connect, scalar
 
 import pgharness
-from pgharness import APP_DB, HOST, OS_USER, Pool, WriteProbe, postmasters_under
+from pgharness import APP_DB, OS_USER, Pool, WriteProbe, postmasters_under
 
 GB = 2**30
 CHUNK_ROWS = 250_000  # rows per INSERT ... SELECT generate_series (≈ 55 MB of heap)
+
+HOST = LocalHost(inventory=False)  # the bench's own tools (createdb, chmod...) are not the library's
 
 
 def db_size(cluster: Cluster, dbname: str = APP_DB) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 import requests
 
-from bench.clusters import clone, home_of, teardown
+from bench.clusters import HOST, clone, home_of, teardown
 from pgupgrade import scratch, services
 from pgupgrade.cluster import Cluster, Service
 from pgupgrade.errors import CommandError
@@ -32,7 +32,7 @@ from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState
 
 from airflow_stack import AirflowStack
-from pgharness import APP_DB, HOST, OS_USER, Pool, WriteProbe, installation
+from pgharness import APP_DB, OS_USER, Pool, WriteProbe, installation
 
 ROOT = Path(__file__).resolve().parents[1]
 NEW = "16"

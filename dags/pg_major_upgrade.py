@@ -176,7 +176,8 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 timeout_param="queue_wait_timeout_s",
                 doc="The extension's queue is empty.",
             )
-            window >> init >> stop_apps >> alert >> block >> no_clients >> queue
+            slot = tasks.outage_slot_task(fields=F, spec=spec)
+            window >> init >> slot >> stop_apps >> alert >> block >> no_clients >> queue
 
         with TaskGroup("upgrade") as g_upgrade:
 

@@ -177,7 +177,8 @@ with ad.upgrade_dag(
             "queue_wait_timeout_s",
             "The queue is still empty now that no client can write.",
         )
-        window >> block >> no_clients >> drained
+        slot = tasks.outage_slot_task(fields=F, spec={})
+        window >> slot >> block >> no_clients >> drained
 
     cutover_task = tasks.steps_task(
         "cutover",

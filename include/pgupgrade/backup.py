@@ -4,6 +4,7 @@ Physical (link and swap mode's way back): a base backup that keeps the cluster's
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,8 +252,14 @@ LOGICAL = LogicalBackup()
 BASE = BaseBackup()
 
 
-def default_dir(root: Path, cluster_name: str, run_id: str) -> str:
-    return str(root / "backups" / safe_name(cluster_name) / safe_name(run_id))
+def default_dir(ctx: RunContext) -> str:
+    """Where a run's backup goes when ``backup_dir`` is empty, on the database host: under the state directory
+    when the worker is that host, else beside the data directory (the worker's directories are not there)."""
+    if ctx.cluster.ssh_conn_id:
+        root = Path(os.path.dirname(ctx.cluster.datadir.rstrip("/")) or "/") / "pgupgrade-backups"
+    else:
+        root = ctx.store.root / "backups"
+    return str(root / safe_name(ctx.cluster.name) / safe_name(ctx.run_id))
 
 
 # -- custom-format dumps, one file per database (the extension-upgrade DAGs) ------------------------------

@@ -49,6 +49,8 @@ class Cluster:
     confdir: str | None = None
     ssh_conn_id: str | None = None
     password: str | None = field(default=None, repr=False, compare=False)
+    # where this process reaches the server when not at host/port (a forwarded port: ``tunnel.forward``)
+    reach: tuple[str, int] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_connection(
@@ -121,9 +123,10 @@ class Cluster:
 
     # -- connection -------------------------------------------------------------------------------
     def conninfo(self, dbname: str | None = None) -> dict[str, Any]:
+        host, port = self.reach or (self.host, self.port)
         info: dict[str, Any] = {
-            "host": self.host,
-            "port": self.port,
+            "host": host,
+            "port": port,
             "dbname": dbname or self.dbname,
             "user": self.user,
             "connect_timeout": 10,
@@ -195,10 +198,10 @@ class Service:
                 argv += ["-o", options]
             self.host.run([*argv, "start"], user=c.os_user, timeout=timeout + 30, cwd=c.datadir)
         elif kind == "systemd":
-            self.host.run(["systemctl", "start", c.service.split(":", 1)[1]], timeout=timeout)
+            self.host.run(["systemctl", "start", c.service.split(":", 1)[1]], user="root", timeout=timeout)
         else:
             _, ver, name = c.service.split(" ")
-            self.host.run(["pg_ctlcluster", ver, name, "start"], timeout=timeout)
+            self.host.run(["pg_ctlcluster", ver, name, "start"], user="root", timeout=timeout)
         self.wait_ready(timeout)
 
     def stop(self, mode: str = "fast", timeout: float = 300) -> None:
@@ -213,10 +216,10 @@ class Service:
             argv = [c.bin("pg_ctl"), "-D", c.datadir, "-m", mode, "-w", "-t", str(int(timeout)), "stop"]
             self.host.run(argv, user=c.os_user, timeout=timeout + 30)
         elif kind == "systemd":
-            self.host.run(["systemctl", "stop", c.service.split(":", 1)[1]], timeout=timeout)
+            self.host.run(["systemctl", "stop", c.service.split(":", 1)[1]], user="root", timeout=timeout)
         else:
             _, ver, name = c.service.split(" ")
-            self.host.run(["pg_ctlcluster", ver, name, "stop", "-m", mode], timeout=timeout)
+            self.host.run(["pg_ctlcluster", ver, name, "stop", "-m", mode], user="root", timeout=timeout)
         if self.is_running():
             raise CheckFailed(f"cluster {c.name} still has a postmaster after stop")
 

@@ -2,7 +2,9 @@
 
 ``LocalHost`` runs on the worker; ``SSHHost`` runs on the database host over an SSH client (the Airflow
 adapter builds it from an SSH connection). Neither ever builds a shell string from input: the remote login
-shell receives a ``shlex.join`` of words (every word quoted) around a constant wrapper script.
+shell receives a ``shlex.join`` of words (every word quoted) around a constant wrapper script. Neither runs a
+shell under sudo: a command run as another user is ``sudo -n -u user [-D dir] -- argv`` (``runuser`` as root),
+its program listed in ``pgupgrade.privileges`` (checked before it runs), so a sudoers file allows it by name.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pgupgrade import privileges
 from pgupgrade.errors import CommandError
 
 log = logging.getLogger(__name__)
@@ -92,21 +95,23 @@ def _check_argv(argv: list[str]) -> None:
 
 @dataclass
 class LocalHost:
-    """Runs commands on this machine. As root it switches user with runuser, otherwise with sudo -n."""
+    """Runs commands on this machine. As root it switches user with runuser, otherwise with ``sudo -n -u user
+    [-D dir] -- argv`` (exactly what a sudoers rule names; see pgupgrade.privileges). ``inventory``: a command
+    run as another user must be in ``privileges.INVENTORY`` (False only for tools outside the library, such as
+    the bench, that run their own commands as postgres)."""
 
     name: str = "localhost"
     redactor: Redactor = field(default_factory=Redactor)
+    inventory: bool = True
 
-    def _prefix(self, user: str | None, env_keys: Iterable[str]) -> list[str]:
-        if user is None:
-            return []
-        current = pwd.getpwuid(os.geteuid()).pw_name
-        if user == current:
-            return []
+    def _prefix(self, user: str | None, cwd: str | None) -> tuple[list[str], str | None, bool]:
+        """(the words before argv, the working directory of the process started, whether it is sudo)."""
+        if user is None or user == pwd.getpwuid(os.geteuid()).pw_name:
+            return [], cwd, False
         if os.geteuid() == 0:
-            return ["runuser", "-u", user, "--"]
-        keys = ",".join(sorted(env_keys))
-        return ["sudo", "-n", f"--preserve-env={keys}", "-u", user, "--"]
+            return ["runuser", "-u", user, "--"], cwd, False
+        # exactly the argv a sudoers rule names; the user may not enter the worker's directory: sudo starts in /
+        return sudo_prefix(user, cwd), "/", True
 
     def run(
         self,
@@ -122,7 +127,10 @@ class LocalHost:
         _check_argv(argv)
         full_env = {**BASE_ENV, **(env or {})}
         self.redactor.add(full_env.get("PGPASSWORD"))
-        full = self._prefix(user, full_env.keys()) + list(argv)
+        if user is not None and self.inventory:
+            privileges.require(argv, user, cwd=cwd, env_keys=full_env)
+        prefix, proc_cwd, via_sudo = self._prefix(user, cwd)
+        full = prefix + list(argv)
         shown = self.redactor(shlex.join(argv))
         log.info("run%s: %s", f" as {user}" if user else "", shown)
         started = time.monotonic()
@@ -133,7 +141,7 @@ class LocalHost:
                 capture_output=True,
                 text=True,
                 env=full_env,
-                cwd=cwd,
+                cwd=proc_cwd,
                 timeout=timeout,
                 check=False,
             )
@@ -152,9 +160,28 @@ class LocalHost:
             user=user,
         )
         log.info("exit %s after %.2fs", result.exit_code, result.duration_s)
+        if via_sudo and user is not None:
+            _raise_if_sudo_refused(result, user, pwd.getpwuid(os.geteuid()).pw_name, self.name)
         if check and result.exit_code != 0:
             raise CommandError(result.argv, result.exit_code, result.stderr, result.stdout)
         return result
+
+
+def sudo_prefix(user: str, cwd: str | None) -> list[str]:
+    """``sudo -n -u user [-D cwd] --``: no shell, no --preserve-env (the sudoers file's env_keep lists what passes);
+    a rule per program allows it (pgupgrade.privileges)."""
+    return ["sudo", "-n", "-u", user, *(["-D", cwd] if cwd else []), "--"]
+
+
+# What sudo itself writes when it refuses (exit 1): its own prefix, or the policy's "Sorry, user ..."
+_SUDO_REFUSAL = re.compile(r"^(sudo: |Sorry, user )", re.MULTILINE)
+
+
+def _raise_if_sudo_refused(result: Result, user: str, login: str | None, where: str) -> None:
+    """sudo's refusal (no rule for the program, -D not allowed, a password asked for) as SudoRefused, whatever
+    ``check`` says: a refused ``test -e`` must not read as "the file is not there"."""
+    if result.exit_code == 1 and not result.stdout and _SUDO_REFUSAL.search(result.stderr):
+        raise privileges.SudoRefused(result.argv, user, login, where, result.stderr)
 
 
 class SSHClientLike(Protocol):
@@ -235,7 +262,8 @@ class _Lost(Exception):
 class SSHHost:
     """Runs commands on a remote host over SSH (a paramiko ``SSHClient``), exactly as LocalHost runs them: the
     same pinned environment (sent inside the command, as sshd drops most variables; secrets such as PGPASSWORD
-    on stdin), ``runuser`` to switch user when logged in as root, ``sudo -n`` otherwise, a total deadline.
+    on stdin), ``runuser`` to switch user when logged in as root, otherwise the wrapper (as the login user) execs
+    ``sudo -n -u user [-D dir] -- argv``, a total deadline; sudo's refusal raises ``privileges.SudoRefused``.
 
     ``connect`` (e.g. ``SSHHook.get_conn``) makes a new client: a link found dead before a command starts is
     re-established, and a read-only command (``read_only``) whose link dropped mid-way is run once more. Any
@@ -246,6 +274,7 @@ class SSHHost:
     redactor: Redactor = field(default_factory=Redactor)
     conn_id: str | None = None
     connect: Callable[[], SSHClientLike] | None = None
+    inventory: bool = True  # as LocalHost's
 
     @property
     def where(self) -> str:
@@ -282,19 +311,21 @@ class SSHHost:
             raise ValueError("a secret environment value contains a newline")
         plain = {k: v for k, v in env.items() if k not in SECRET_ENV}
         words = ["env", "-i", *(f"{k}={v}" for k, v in sorted(plain.items()))]
+        after: list[str] = []
         if user and user != login:
             if login == "root":
                 words += ["runuser", "-u", user, "--"]
-            else:
-                words += ["sudo", "-n", f"--preserve-env={','.join(sorted(plain))}", "-u", user, "--"]
+            else:  # the wrapper runs as the login user (in /) and execs exactly sudo's argv
+                after, cwd = sudo_prefix(user, cwd), None
         words += ["sh", "-c", _REMOTE_WRAPPER, "pgupgrade-run", cwd or "", str(len(secrets)), *sorted(secrets)]
-        return shlex.join([*words, *argv]), "".join(f"{secrets[k]}\n" for k in sorted(secrets))
+        return shlex.join([*words, *after, *argv]), "".join(f"{secrets[k]}\n" for k in sorted(secrets))
 
     def _once(
         self, argv: list[str], user: str | None, env: dict[str, str], cwd: str | None, stdin: str | None, timeout: float
-    ) -> tuple[int, bytes, bytes]:
+    ) -> tuple[int, bytes, bytes, str | None]:
         transport = self._transport()
-        command, secret_lines = self.command_line(argv, user, self._login(transport), env, cwd)
+        login = self._login(transport)
+        command, secret_lines = self.command_line(argv, user, login, env, cwd)
         deadline = time.monotonic() + timeout
         try:
             chan = transport.open_session(timeout=min(timeout, 30))
@@ -344,7 +375,7 @@ class SSHHost:
         code = chan.exit_status
         if code == -1 and not transport.is_active():
             raise _Lost("the connection closed before the command's exit status arrived", sent=True)
-        return code, bytes(out), bytes(err)
+        return code, bytes(out), bytes(err), login
 
     def run(
         self,
@@ -360,13 +391,16 @@ class SSHHost:
         _check_argv(argv)
         full_env = {**BASE_ENV, **(env or {})}
         self.redactor.add(full_env.get("PGPASSWORD"))
+        if user is not None and self.inventory:
+            privileges.require(argv, user, cwd=cwd, env_keys=full_env)
         shown = [self.redactor(a) for a in argv]
         log.info("run on %s over ssh%s: %s", self.where, f" as {user}" if user else "", self.redactor(shlex.join(argv)))
         started = time.monotonic()
         attempts = 2 if self.connect is not None else 1
+        login: str | None = None
         for attempt in range(1, attempts + 1):
             try:
-                code, out, err = self._once(argv, user, full_env, cwd, stdin, timeout)
+                code, out, err, login = self._once(argv, user, full_env, cwd, stdin, timeout)
                 break
             except _Lost as lost:
                 again = attempt < attempts and (not lost.sent or read_only(argv))
@@ -382,6 +416,8 @@ class SSHHost:
             user=user,
         )
         log.info("exit %s after %.2fs", result.exit_code, result.duration_s)
+        if user and user != login and login != "root":
+            _raise_if_sudo_refused(result, user, login, self.where)
         if check and code != 0:
             why = result.stderr or ("no exit status from the host (killed by a signal?)" if code == -1 else "")
             raise CommandError(result.argv, code, why, result.stdout)

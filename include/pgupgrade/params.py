@@ -169,6 +169,17 @@ COMMON = [
         maximum=86400,
     ),
     Field(
+        name="outage_slot_wait_s",
+        type="integer",
+        default=3600,
+        title="Wait for an outage slot (s)",
+        description="When the admin bounds concurrent outages (Variable pgupgrade_max_concurrent_outages), how long "
+        "this run waits for a slot, with its clients still served, before it fails.",
+        section="Outage",
+        minimum=1,
+        maximum=7 * 86400,
+    ),
+    Field(
         name="queue_wait_timeout_s",
         type="integer",
         default=600,

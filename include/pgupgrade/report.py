@@ -65,13 +65,15 @@ def build(state: RunJournal, *, status: str, extra: dict[str, Any] | None = None
 
 
 def write(state: RunJournal, rep: dict[str, Any], *, root: Path) -> tuple[Path, Path]:
-    """The report as JSON and Markdown under ``reports_dir(root)``."""
+    """The report as JSON and Markdown under ``reports_dir(root)``, and its text in the run store."""
     base = reports_dir(root) / safe_name(state.dag_id) / safe_name(state.run_id)
     json_path = base.with_suffix(".json")
     write_json(json_path, rep)
     md_path = base.with_suffix(".md")
-    md_path.write_text(markdown(rep))
-    state.save("report", {"json": str(json_path), "markdown": str(md_path)})
+    text = markdown(rep)
+    md_path.write_text(text)
+    # the text too: under a distributed executor the files stay on one worker, the run store is everyone's
+    state.save("report", {"json": str(json_path), "markdown": str(md_path), "text": text})
     return json_path, md_path
 
 

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgupgrade import tunnel
 from pgupgrade.cluster import Cluster, ServiceManager, service_for
 from pgupgrade.commands import Host, LocalHost
 from pgupgrade.errors import UnsafeState
@@ -87,9 +88,10 @@ def create_cluster(
     host = host or LocalHost()
     initdb(inst, datadir, options or InitdbOptions(), os_user=os_user, host=host)
     host.run(["mkdir", "-p", socket_dir], user=os_user)
+    on_remote_host = tunnel.remote(host)  # then also the remote loopback, reached through a forwarded port
     conf = {
         "port": str(port),
-        "listen_addresses": "''",
+        "listen_addresses": "'127.0.0.1'" if on_remote_host else "''",
         "unix_socket_directories": f"'{socket_dir}'",
         **(settings or {}),
     }
@@ -103,6 +105,7 @@ def create_cluster(
         bindir=inst.bindir,
         datadir=datadir,
         os_user=os_user,
+        reach=tunnel.forward(host, port) if on_remote_host else None,
     )
     if start:
         service_for(cluster, host).start()

@@ -7,7 +7,7 @@ import hashlib
 import logging
 from dataclasses import replace
 
-from pgupgrade import guard
+from pgupgrade import guard, tunnel
 from pgupgrade.cluster import Cluster, service_for
 from pgupgrade.commands import Host
 from pgupgrade.context import RunContext
@@ -16,9 +16,32 @@ from pgupgrade.errors import CheckFailed, UnsafeState
 log = logging.getLogger(__name__)
 
 
-def private_cluster(cluster: Cluster, datadir: str, bindir: str, socket_dir: str) -> Cluster:
-    """The same cluster reachable only through a private socket directory (listen_addresses='')."""
-    return replace(cluster, bindir=bindir, datadir=datadir, host=socket_dir, confdir=None)
+def private_cluster(cluster: Cluster, datadir: str, bindir: str, socket_dir: str, host: Host) -> Cluster:
+    """The same cluster where only this run reaches it: its private socket directory; on a remote database host
+    also 127.0.0.1 there, at a port of its own (never the port clients use, which a pooler on the database host
+    may target), forwarded to the worker over the host runner's SSH connection."""
+    private = replace(cluster, bindir=bindir, datadir=datadir, host=socket_dir, confdir=None)
+    return reachable(private, host, private_port(datadir))
+
+
+def private_port(datadir: str) -> int:
+    """A port for a private server on the database host's loopback, fixed per data directory (20000-29999:
+    below Linux's ephemeral range)."""
+    return 20000 + int(hashlib.sha256(datadir.encode()).hexdigest()[:8], 16) % 10000
+
+
+def reachable(cluster: Cluster, host: Host, port: int | None = None) -> Cluster:
+    """The cluster as this process reaches it: unchanged on the database host itself, else at ``port`` (default
+    its own) on the remote host's loopback through a forwarded port."""
+    if not tunnel.remote(host):
+        return cluster
+    port = port or cluster.port
+    return replace(cluster, port=port, reach=tunnel.forward(host, port))
+
+
+def listen_addresses(cluster: Cluster) -> str:
+    """No TCP at all on the worker's own host; the loopback only on a remote host (reached through a tunnel)."""
+    return "'127.0.0.1'" if cluster.reach else "''"
 
 
 def socket_path(key: str) -> str:
@@ -37,7 +60,8 @@ def make_socket_dir(host: Host, path: str, user: str) -> str:
 def start_private(cluster: Cluster, host: Host, socket_dir: str) -> None:
     make_socket_dir(host, socket_dir, cluster.os_user)
     service_for(cluster, host).start(
-        options=f"-c listen_addresses='' -c unix_socket_directories='{socket_dir}' -c port={int(cluster.port)}"
+        options=f"-c listen_addresses={listen_addresses(cluster)} -c unix_socket_directories='{socket_dir}' "
+        f"-c port={int(cluster.port)}"
     )
 
 

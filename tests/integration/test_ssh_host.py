@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,56 +26,16 @@ from pgupgrade.state import RunState, state_root
 
 from airflow_helpers import ROLLBACK, UPGRADE, minor_conf, run, run_triggered_rollback
 from pgharness import Pool, data_checks_out, installation, same_rows, served
+from sshd_harness import Sshd, pids, running_sshd
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
-SSHD = "/usr/sbin/sshd"
 SSH_CONN = "pg_db_host_ssh"
 
 
-@dataclass
-class Sshd:
-    listener: subprocess.Popen[bytes]
-    port: int
-    home: Path
-
-    @property
-    def log(self) -> str:
-        return (self.home / "sshd.log").read_text()
-
-    def sessions(self) -> int:
-        return self.log.count("Starting session: command for root from 127.0.0.1")
-
-    def children(self) -> list[int]:
-        """PIDs of the per-connection sshd processes below the listener."""
-        return [p for p in _pids() if _ppid(p) == self.listener.pid]
-
-    def drop_connection_of(self, pid: int) -> list[int]:
-        """Kills the sshd processes that serve the session pid runs in: its client sees the link drop."""
-        killed, p = [], _ppid(pid)
-        while p and p != self.listener.pid:
-            if _comm(p) == "sshd":
-                os.kill(p, signal.SIGKILL)
-                killed.append(p)
-            p = _ppid(p)
-        return killed
-
-
-def _pids() -> list[int]:
-    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()]
-
-
-def _ppid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[Sshd]:
+    with running_sshd() as daemon:
+        yield daemon
 
 
 def _state(pid: int) -> str:
@@ -89,59 +46,10 @@ def _state(pid: int) -> str:
         return ""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[Sshd]:
-    if not os.access(SSHD, os.X_OK):
-        pytest.fail(f"{SSHD} missing: include/scripts/install.sh installs openssh-server")
-    home = Path(tempfile.mkdtemp(prefix="pgupgrade-sshd-"))
-    home.chmod(0o755)
-    for key in ("host_ed25519", "client_ed25519"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / key)], check=True)
-    shutil.copy(home / "client_ed25519.pub", home / "authorized_keys")
-    port = _free_port()
-    (home / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home}/host_ed25519\n"
-        f"AuthorizedKeysFile {home}/authorized_keys\n"
-        f"PidFile {home}/sshd.pid\nUsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nStrictModes no\nLogLevel VERBOSE\n"
-        # bash sources ~/.bashrc for a command run by sshd unless SHLVL says it is nested: this machine's root
-        # profile (pyenv init) would add 0.2-1 s to each of the ~100 commands of an upgrade
-        "SetEnv SHLVL=1\n"
-    )
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory (systemd makes it)
-    with open(home / "sshd.log", "wb") as log:
-        listener = subprocess.Popen([SSHD, "-D", "-e", "-f", str(home / "sshd_config")], stderr=log)
-    daemon = Sshd(listener, port, home)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert listener.poll() is None and time.monotonic() < deadline, daemon.log
-                time.sleep(0.05)
-        yield daemon
-    finally:
-        sessions = daemon.children()  # of clients that never closed (asked before the listener goes)
-        listener.terminate()
-        listener.wait(10)
-        for pid in sessions:
-            if _comm(pid) == "sshd":
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(home, ignore_errors=True)
-
-
 @pytest.fixture
 def ssh_conn(sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> str:
     """The Airflow SSH connection to the database host, verifying its host key."""
-    host_key = " ".join((sshd.home / "host_ed25519.pub").read_text().split()[:2])
+    host_key = sshd.host_key
     conn = {
         "conn_type": "ssh",
         "host": "127.0.0.1",
@@ -230,7 +138,7 @@ def test_runner_over_a_real_sshd(sshd: Sshd, ssh_conn: str) -> None:
 
 def _pid_running(argv: list[str], not_pid: int = 0) -> int:
     want = "\0".join(argv).encode() + b"\0"
-    for pid in _pids():
+    for pid in pids():
         try:
             if pid != not_pid and Path(f"/proc/{pid}/cmdline").read_bytes() == want:
                 return pid

@@ -35,9 +35,21 @@ def host_for(cluster: Cluster) -> Host:
     else:
         from airflow.providers.ssh.hooks.ssh import SSHHook
 
-        hook = SSHHook(ssh_conn_id=cluster.ssh_conn_id, cmd_timeout=None)
+        where = f"{cluster.name}.extra.ssh_conn_id"
+        try:
+            hook = SSHHook(ssh_conn_id=cluster.ssh_conn_id, cmd_timeout=None)
+        except Exception as exc:  # the SDK's not-found error types
+            raise ConfigError(where, f"no Airflow SSH connection {cluster.ssh_conn_id!r}: {exc}") from None
+        try:
+            client = hook.get_conn()
+        except Exception as exc:  # paramiko: authentication refused, host unreachable, bad key file
+            raise ConfigError(
+                where,
+                f"cannot log in to {hook.remote_host}:{hook.port} as {hook.username!r} with connection "
+                f"{cluster.ssh_conn_id!r}: {type(exc).__name__}: {exc}",
+            ) from None
         host = SSHHost(
-            client=hook.get_conn(),
+            client=client,
             name=f"{hook.remote_host}:{hook.port}",
             conn_id=cluster.ssh_conn_id,
             connect=hook.get_conn,  # a new client when the link was found dead (the hook reconnects)

@@ -12,6 +12,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from pgupgrade import outage
 from pgupgrade.airflow.context import run_context
 from pgupgrade.airflow.store import run_store
 from pgupgrade.context import RunContext
@@ -238,6 +239,7 @@ def failure_tail(dag: Any, rollback_dag_id: str, fields: list[Field]) -> None:
             rc = None
         if rc is not None and not state.happened("rollback_triggered"):
             rc.lock.release(dag_id, run_id)
+            outage.release_slot(rc)
         if failed and rc is not None and state.events():
             write_failure_report(rc, failed)
         if failed and state.happened("rollback_triggered"):
@@ -298,6 +300,8 @@ def rollback_finish(fields: list[Field], read_only: frozenset[str] = frozenset()
     def finish() -> str:
         rc = run_context(fields)
         failed = failed_tasks()
+        if not failed or set(failed) <= read_only:  # the cluster serves again (or was never changed)
+            outage.release_slot(rc, rc.params["upgrade_dag_id"], rc.params["upgrade_run_id"])
         if failed and set(failed) <= read_only:  # refused before changing anything: the cluster is as it was
             rc.lock.release(rc.dag_id, rc.run_id)
             raise AirflowFailException(f"rollback refused in {', '.join(failed)}; nothing was changed")

@@ -15,7 +15,7 @@ from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from pgupgrade import guard, plans
+from pgupgrade import guard, outage, plans
 from pgupgrade.airflow.context import admin_json_variable, run_context, validated
 from pgupgrade.airflow.failure import check_rollback_dag, dagrun_alive
 from pgupgrade.context import RunContext
@@ -30,15 +30,22 @@ class InjectedFailure(PgUpgradeError):
     """Raised by a step named in PGUPGRADE_INJECT_FAILURE: fault drills and tests on the worker's own config."""
 
 
-def _injected_failures() -> set[str]:
-    return {s.strip() for s in os.environ.get("PGUPGRADE_INJECT_FAILURE", "").split(",") if s.strip()}
+def _injected_failures(run_id: str) -> set[str]:
+    """Steps to fail on purpose: PGUPGRADE_INJECT_FAILURE (the worker's environment), and — only on a deployment
+    that enables fault drills (PGUPGRADE_FAULT_DRILLS=1: distributed test stacks, staging) — the Airflow Variable
+    pgupgrade_inject_failure, a JSON object from run id to the steps to fail in that run."""
+    steps = {s.strip() for s in os.environ.get("PGUPGRADE_INJECT_FAILURE", "").split(",") if s.strip()}
+    if os.environ.get("PGUPGRADE_FAULT_DRILLS") == "1":
+        drills = admin_json_variable("pgupgrade_inject_failure") or {}
+        steps |= set(drills.get(run_id, []))
+    return steps
 
 
 def journaled(state: RunJournal, step: str, fn: Callable[[], Any]) -> Any:
     """Runs fn, recording the step's outcome and duration in the run's journal."""
     started = time.monotonic()
     try:
-        if step in _injected_failures():
+        if step in _injected_failures(state.run_id):
             raise InjectedFailure(f"failure injected into step {step} (PGUPGRADE_INJECT_FAILURE)")
         result = fn()
     except AirflowSkipException:
@@ -147,6 +154,28 @@ def sensor_task(
         return False
 
     return _poke()
+
+
+def outage_slot_task(*, fields: list[Field], spec: dict[str, Any]) -> Any:
+    """Waits (clients still served) for one of the admin's bounded outage slots, before clients are gated."""
+    return sensor_task(
+        "wait_outage_slot",
+        lambda rc: outage.take_slot(rc, max_concurrent_outages()),
+        fields=fields,
+        spec=spec,
+        timeout_param="outage_slot_wait_s",
+        doc="Takes an outage slot (Variable pgupgrade_max_concurrent_outages bounds how many clusters are inside "
+        "an outage at once; unset: no bound) before clients are gated; given back when the run opens to clients.",
+    )
+
+
+def max_concurrent_outages() -> int | None:
+    value = admin_json_variable("pgupgrade_max_concurrent_outages")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError("Variable pgupgrade_max_concurrent_outages", f"must be a positive integer, got {value!r}")
+    return value
 
 
 # -- shared by the runbook DAGs (added with the minor-upgrade DAGs) -----------------------------------------

@@ -303,7 +303,7 @@ def plan(ctx: RunContext, admin: AdminGet) -> ExtensionPlan | AtTargetPlan:
         return _form(scope, AtTargetPlan, reason=f"{scope.extname} is at {target} in every database in scope")
     refusals += source_refusals(ctx, scope)
     refusals += compat_refusals(scope.compat, ctx.params["strict_compat"])
-    backup_dir = ctx.params["backup_dir"] or backup.default_dir(ctx.store.root, ctx.cluster.name, ctx.run_id)
+    backup_dir = ctx.params["backup_dir"] or backup.default_dir(ctx)
     space, no_room = backup_space(ctx, backup_dir, scope.databases)
     planned = _form(scope, ExtensionPlan, backup_dir=backup_dir, space=space)
     if refusals + no_room:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pgupgrade import checks, facts, services, versions
+from pgupgrade import checks, facts, outage, services, versions
 from pgupgrade.clients import terminate_clients
 from pgupgrade.cluster import service_for
 from pgupgrade.context import RunContext
@@ -79,7 +79,7 @@ def run_dump_restore(ctx: RunContext) -> dict[str, Any]:
     # it stops the old one); a run that finds it stopped starts it where no client can reach it.
     source = old
     if ctx.state.happened("old_stop_requested"):
-        source = services.private_cluster(old, old.datadir, old.bindir, socket_for(plan_, "old-sock"))
+        source = services.private_cluster(old, old.datadir, old.bindir, socket_for(plan_, "old-sock"), host)
         services.start_private(source, host, source.host)
     try:
         services.start_private(new_private, host, new_private.host)
@@ -187,6 +187,7 @@ def open_to_clients(ctx: RunContext) -> None:
     roles = ctx.state.load("blocked_roles", [])
     gate_for(public).unblock(roles)
     ctx.state.record("opened", roles=roles, wal_lsn=lsn)
+    outage.release_slot(ctx)
 
 
 def terminate(ctx: RunContext) -> dict[str, Any]:

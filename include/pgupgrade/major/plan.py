@@ -71,7 +71,7 @@ def plan(ctx: RunContext) -> MajorPlan | plans.AlreadyThere:
         )
     method, why, check_output = _choose_method(ctx, old_inst, new_inst, new_datadir, options, preload, blockers)
     mode = TransferMode(p["transfer_mode"]) if method == Method.PG_UPGRADE else None
-    backup_dir = p["backup_dir"] or backup.default_dir(ctx.store.root, old.name, ctx.run_id)
+    backup_dir = p["backup_dir"] or backup.default_dir(ctx)
     space = _space(ctx, method, mode, len(dbs), data_bytes, backup_dir, new_datadir)
     return MajorPlan(
         old=OldCluster(

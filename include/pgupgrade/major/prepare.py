@@ -73,8 +73,8 @@ def rehearsal(ctx: RunContext) -> dict[str, Any]:
         settings=preload,
         host=host,
     )
-    scratch_new = replace(
-        scratch_old, name="rehearsal-new", bindir=new_inst.bindir, datadir=f"{root}/new", host=sock_new
+    scratch_new = services.private_cluster(
+        replace(scratch_old, name="rehearsal-new", reach=None), f"{root}/new", new_inst.bindir, sock_new, host
     )
     try:
         backup.LOGICAL.restore(scratch_old, host, manifest, jobs=ctx.params["jobs"])

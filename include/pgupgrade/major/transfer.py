@@ -217,7 +217,7 @@ def new_cluster(ctx: RunContext, plan_: MajorPlan, *, private: bool) -> Cluster:
     """The new cluster as the plan has it: where only this run reaches it (``private``), or where clients do."""
     c = ctx.cluster.with_installation(plan_.new.bindir, plan_.new.datadir)
     if private:
-        return services.private_cluster(c, c.datadir, c.bindir, socket_for(plan_, "sock"))
+        return services.private_cluster(c, c.datadir, c.bindir, socket_for(plan_, "sock"), ctx.host)
     return replace(c, confdir=None)
 
 

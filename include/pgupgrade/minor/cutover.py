@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pgupgrade import checks, clients, entities, facts, services, versions
+from pgupgrade import checks, clients, entities, facts, outage, services, versions
 from pgupgrade.cluster import service_for
 from pgupgrade.context import RunContext
 from pgupgrade.errors import CheckFailed, CommandError, UnsafeState
@@ -188,6 +188,7 @@ def open_to_clients(ctx: RunContext) -> list[str]:
     roles = ctx.state.load("blocked_roles", [])
     gate_for(on_new(ctx, ctx.plan(MinorPlan)).cluster).unblock(roles)
     ctx.state.record("opened", roles=roles)
+    outage.release_slot(ctx)
     return list(roles)
 
 

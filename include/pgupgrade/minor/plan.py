@@ -168,7 +168,7 @@ def plan(ctx: RunContext, install_command: Any = None) -> MinorPlan | plans.Alre
         command = _plan_command(install_command, running, target)
     others = _other_clusters(ctx, installer, running, bindir_now)
     data_bytes = _data_bytes(ctx, dbs)
-    backup_dir = p["backup_dir"] or backup.default_dir(ctx.store.root, c.name, ctx.run_id)
+    backup_dir = p["backup_dir"] or backup.default_dir(ctx)
     space = _check_space(ctx, backup_dir, data_bytes)
     return MinorPlan(
         installer=installer,

@@ -201,7 +201,10 @@ class ControlJournal(JournalReading):
             if self.spool is None:
                 raise
             rows = []
-        out = [{"event": r["event"], "at": r["at"], **(r["details"] or {})} for r in rows]
+        out = [
+            {"event": r["event"], "at": r["at"], **(r["details"] or {}), **({"spooled": True} if r["spooled"] else {})}
+            for r in rows
+        ]
         if self.spool is not None:  # still spooled (the control database is away): they happened too
             out += [
                 {"event": x["event"], "at": x["at"], **x["details"]} for x in self.spool.lines() if x["kind"] == "event"
