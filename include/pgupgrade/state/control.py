@@ -157,7 +157,7 @@ class ControlJournal(JournalReading):
         return self._key(
             event_id=event_id,
             event=event,
-            at=line.get("at"),
+            at=line.get("at") if spooled else None,  # the control database's clock, unless it was away
             details=json.dumps(line.get("details", {}), default=str),
             spooled=spooled,
         )
