@@ -1,0 +1,261 @@
+"""Upgrades where they run in production: the cluster on another host (reached by SSH as postgres and by TCP),
+Airflow on the CeleryExecutor with two workers that share nothing but the control database. Every case asserts
+from the task instances' hostnames that both workers took part, and reads the run's journal from the control
+database (no worker's disk holds it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from pgupgrade.cluster import Cluster, service_for
+from pgupgrade.sql import connect, scalar
+from pgupgrade.state.control import ControlStore
+
+from pgharness import APP_DB, WriteProbe, connection_env, data_checks_out, installation, served_version
+from topology import DistributedAirflow, SecondHost
+
+pytestmark = pytest.mark.distributed
+UPGRADE, ROLLBACK, MINOR, MINOR_ROLLBACK = (
+    "pg15_to_pg16_upgrade",
+    "pg_major_upgrade_rollback",
+    "pg_minor_upgrade",
+    "pg_minor_upgrade_rollback",
+)
+DRILLS: dict[str, list[str]] = {}
+
+
+def register(stack: DistributedAirflow, cluster: Cluster, conn_id: str | None = None) -> str:
+    _, value = connection_env(cluster, conn_id)
+    conn_id = conn_id or cluster.name
+    stack.add_connection(conn_id, json.loads(value))
+    return conn_id
+
+
+def drill(stack: DistributedAirflow, run_id: str, steps: list[str]) -> None:
+    """Fails these steps in that run (Variable pgupgrade_inject_failure; the stack enables fault drills)."""
+    DRILLS[run_id] = steps
+    body = {"key": "pgupgrade_inject_failure", "value": json.dumps(DRILLS)}
+    try:
+        stack.api("PATCH", "/variables/pgupgrade_inject_failure", json=body)
+    except Exception:
+        stack.api("POST", "/variables", json=body)
+
+
+def journal(control: Cluster, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    info = control.conninfo("pgupgrade_control")
+    info.pop("application_name", None)
+    return ControlStore(info).run(dag_id, run_id).events()
+
+
+def major_conf(cluster: Cluster, **over: Any) -> dict[str, Any]:
+    home = os.path.dirname(cluster.datadir)
+    return {
+        "postgres_conn_id": cluster.name,
+        "transfer_mode": "link",
+        "terminate_after_s": 0,
+        "new_datadir": f"{home}/data16-{uuid.uuid4().hex[:6]}",
+        "new_bindir": installation("16").bindir,
+        "backup_dir": f"{home}/backup-{uuid.uuid4().hex[:6]}",
+        **over,
+    }
+
+
+def workers_of(stack: DistributedAirflow, *runs: tuple[str, str]) -> set[str]:
+    return {h for dag_id, run_id in runs for h in stack.task_hostnames(dag_id, run_id).values() if h}
+
+
+def ready(stack: DistributedAirflow, *dag_ids: str) -> None:
+    stack.wait_for_dags(list(dag_ids))
+    for d in dag_ids:
+        stack.unpause(d)
+
+
+def test_link_upgrade_of_a_cluster_on_another_host(
+    distributed_airflow: DistributedAirflow, second_host: SecondHost, control_cluster: Cluster
+) -> None:
+    stack = distributed_airflow
+    ready(stack, UPGRADE, ROLLBACK)
+    old = second_host.new_cluster("15.18")
+    register(stack, old)
+    WriteProbe.create_table(old)
+    probe = WriteProbe(old).start()  # an application writing over TCP all through the run
+    run_id = f"dist-link-{uuid.uuid4().hex[:6]}"
+    try:
+        stack.trigger(UPGRADE, major_conf(old), run_id)
+        state = stack.wait_run(UPGRADE, run_id, timeout=900)
+    finally:
+        probe.stop()
+    states = stack.task_states(UPGRADE, run_id)
+    assert state == "success", states
+    assert workers_of(stack, (UPGRADE, run_id)) == {"worker-a", "worker-b"}
+    assert served_version(old) == 16  # on the old port, on that host
+    data_checks_out(old)
+    assert probe.lost(old) == [], "acknowledged writes lost"
+    events = [e["event"] for e in journal(control_cluster, UPGRADE, run_id)]
+    assert events.index("old_stopped") < events.index("transfer_started") < events.index("opened")
+    print(f"link upgrade on the second host: client-observed write gap {probe.longest_gap():.2f}s")
+
+
+def test_failure_after_the_new_cluster_started_rolls_back_with_every_write(
+    distributed_airflow: DistributedAirflow, second_host: SecondHost, control_cluster: Cluster
+) -> None:
+    stack = distributed_airflow
+    ready(stack, UPGRADE, ROLLBACK)
+    old = second_host.new_cluster("15.18")
+    register(stack, old)
+    run_id = f"dist-fail-{uuid.uuid4().hex[:6]}"
+    drill(stack, run_id, ["health_check"])
+    WriteProbe.create_table(old)
+    probe = WriteProbe(old).start()
+    try:
+        stack.trigger(UPGRADE, major_conf(old), run_id)
+        assert stack.wait_run(UPGRADE, run_id, timeout=900) == "failed"
+        rb = f"rollback__{run_id}"
+        assert stack.wait_run(ROLLBACK, rb, timeout=900) == "success", stack.task_states(ROLLBACK, rb)
+    finally:
+        probe.stop()
+    events = [e["event"] for e in journal(control_cluster, UPGRADE, run_id)]
+    assert "new_started" in events and "opened" not in events
+    assert workers_of(stack, (UPGRADE, run_id), (ROLLBACK, rb)) == {"worker-a", "worker-b"}
+    assert served_version(old) == 15
+    data_checks_out(old)
+    assert probe.acked() and probe.lost(old) == [], "acknowledged writes lost"
+
+
+def test_two_runs_on_one_cluster_exactly_one_proceeds(
+    distributed_airflow: DistributedAirflow, second_host: SecondHost
+) -> None:
+    """Two DAGs at once on one cluster, through two connection ids that name it differently: one lock."""
+    stack = distributed_airflow
+    ready(stack, UPGRADE, MINOR, ROLLBACK, MINOR_ROLLBACK)
+    c = second_host.new_cluster("15.18", seed=False)
+    a, b = register(stack, c), register(stack, c, f"{c.name}_alias")
+    runs = [
+        (UPGRADE, f"dist-lock-a-{uuid.uuid4().hex[:6]}", major_conf(c, postgres_conn_id=a, dry_run=True)),
+        (
+            MINOR,
+            f"dist-lock-b-{uuid.uuid4().hex[:6]}",
+            {
+                "postgres_conn_id": b,
+                "installer": "bindir",
+                "target_version": "15.20",
+                "new_bindir": installation("15.20").bindir,
+                "dry_run": True,
+                "min_free_gb": 1,
+            },
+        ),
+    ]
+    threads = [threading.Thread(target=stack.trigger, args=r) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lock_states = []
+    for dag_id, run_id, _ in runs:
+        stack.wait_run(dag_id, run_id, timeout=600)
+        lock_states.append(stack.task_states(dag_id, run_id).get("plan.acquire_lock"))
+    assert sorted(s or "" for s in lock_states) == ["failed", "success"], lock_states
+
+
+def test_connection_to_another_clusters_datadir_is_refused_before_any_action(
+    distributed_airflow: DistributedAirflow, second_host: SecondHost, control_cluster: Cluster
+) -> None:
+    stack = distributed_airflow
+    ready(stack, UPGRADE, ROLLBACK)
+    target, other = second_host.new_cluster("15.18", seed=False), second_host.new_cluster("15.18", seed=False)
+    from dataclasses import replace
+
+    wrong = register(stack, replace(target, datadir=other.datadir), f"{target.name}_wrong_datadir")
+    run_id = f"dist-wrong-{uuid.uuid4().hex[:6]}"
+    stack.trigger(UPGRADE, major_conf(target, postgres_conn_id=wrong), run_id)
+    assert stack.wait_run(UPGRADE, run_id, timeout=600) == "failed"
+    states = stack.task_states(UPGRADE, run_id)
+    assert states["plan.acquire_lock"] == "failed" and states.get("trigger_rollback") != "success", states
+    side_effects = [e for e in journal(control_cluster, UPGRADE, run_id) if e["event"] != "step"]
+    assert side_effects == [], side_effects
+    for c in (target, other):
+        assert served_version(c) == 15
+        assert service_for(c, second_host.host).is_running()
+
+
+def test_control_database_away_during_pg_upgrade(
+    distributed_airflow: DistributedAirflow, second_host: SecondHost, control_cluster: Cluster
+) -> None:
+    """The control database stops while pg_upgrade runs and a later step fails: the journal goes to the
+    database host's spool, the run fails without losing its record; once the control database is back the
+    rollback (triggered by hand, as the alert says) reads the spooled events and brings 15 back with every
+    acknowledged write."""
+    stack = distributed_airflow
+    ready(stack, UPGRADE, ROLLBACK)
+    old = second_host.new_cluster("15.18")
+    register(stack, old)
+    run_id = f"dist-ctl-{uuid.uuid4().hex[:6]}"
+    drill(stack, run_id, ["validate_facts"])
+    WriteProbe.create_table(old)
+    probe = WriteProbe(old).start()
+    control = service_for(control_cluster)
+    try:
+        stack.trigger(UPGRADE, major_conf(old), run_id)
+        deadline = time.monotonic() + 600
+        while "old_stop_requested" not in [e["event"] for e in journal(control_cluster, UPGRADE, run_id)]:
+            assert time.monotonic() < deadline and stack.run_state(UPGRADE, run_id) not in ("failed", "success")
+            time.sleep(0.2)
+        control.stop("immediate")
+        try:
+            assert stack.wait_run(UPGRADE, run_id, timeout=900) == "failed"
+        finally:
+            control.start()
+        rb = f"rollback__{run_id}"
+        if stack.run_state(ROLLBACK, rb) is None:
+            stack.trigger(
+                ROLLBACK, {"upgrade_dag_id": UPGRADE, "upgrade_run_id": run_id, "postgres_conn_id": old.name}, rb
+            )
+        assert stack.wait_run(ROLLBACK, rb, timeout=900) == "success", stack.task_states(ROLLBACK, rb)
+    finally:
+        probe.stop()
+    events = journal(control_cluster, UPGRADE, run_id)
+    spooled = [e["event"] for e in events if e.get("spooled")]
+    assert "transfer_started" in [e["event"] for e in events], events
+    assert spooled and "old_stop_requested" not in spooled, spooled  # written while the control database was away
+    assert served_version(old) == 15
+    data_checks_out(old)
+    assert probe.lost(old) == [], "acknowledged writes lost"
+    with connect(old, APP_DB) as conn:
+        assert scalar(conn, "SELECT count(*) FROM orders") >= 1000
+    print(f"spooled on the database host and reconciled: {spooled}")
+
+
+def test_one_outage_slot_the_second_run_waits_with_its_clients_served(
+    distributed_airflow: DistributedAirflow, second_host: SecondHost, control_cluster: Cluster
+) -> None:
+    """Variable pgupgrade_max_concurrent_outages = 1 and two upgrades of two clusters triggered together: the
+    second gates its clients only after the first opened (its clients write all along until then)."""
+    stack = distributed_airflow
+    ready(stack, UPGRADE, ROLLBACK)
+    first, second = second_host.new_cluster("15.18"), second_host.new_cluster("15.18")
+    for c in (first, second):
+        register(stack, c)
+    WriteProbe.create_table(second)
+    probe = WriteProbe(second).start()
+    stack.api("POST", "/variables", json={"key": "pgupgrade_max_concurrent_outages", "value": "1"})
+    runs = [(first, f"dist-slot-1-{uuid.uuid4().hex[:6]}"), (second, f"dist-slot-2-{uuid.uuid4().hex[:6]}")]
+    try:
+        for c, run_id in runs:
+            stack.trigger(UPGRADE, major_conf(c), run_id)
+        for _, run_id in runs:
+            assert stack.wait_run(UPGRADE, run_id, timeout=900) == "success", stack.task_states(UPGRADE, run_id)
+    finally:
+        probe.stop()
+        stack.api("DELETE", "/variables/pgupgrade_max_concurrent_outages")
+    j1, j2 = ({e["event"]: e["at"] for e in reversed(journal(control_cluster, UPGRADE, run_id))} for _, run_id in runs)
+    early_j, late_j = sorted((j1, j2), key=lambda j: j["outage_slot_taken"])
+    assert late_j["outage_slot_taken"] >= early_j["opened"], (early_j, late_j)
+    assert late_j["logins_blocked"] > early_j["opened"]  # its clients were served while it waited
+    assert probe.lost(second) == []
