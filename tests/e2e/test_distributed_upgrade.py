@@ -259,3 +259,48 @@ def test_one_outage_slot_the_second_run_waits_with_its_clients_served(
     assert late_j["outage_slot_taken"] >= early_j["opened"], (early_j, late_j)
     assert late_j["logins_blocked"] > early_j["opened"]  # its clients were served while it waited
     assert probe.lost(second) == []
+
+
+def test_worker_killed_inside_the_cutover_rollback_from_the_control_database(
+    distributed_airflow: DistributedAirflow, second_host: SecondHost, control_cluster: Cluster
+) -> None:
+    """SIGKILL to the whole worker (its namespace: celery, the task process, its SSH link) once pg_upgrade has
+    started: the scheduler fails the task after the heartbeat timeout, the run's failure tail hands the lock to
+    the rollback, which decides from the journal in the control database (the dead worker's disk is gone) and
+    brings 15 back with every acknowledged write."""
+    stack = distributed_airflow
+    ready(stack, UPGRADE, ROLLBACK)
+    old = second_host.new_cluster("15.18")
+    register(stack, old)
+    run_id = f"dist-kill-{uuid.uuid4().hex[:6]}"
+    WriteProbe.create_table(old)
+    probe = WriteProbe(old).start()
+    killed = None
+    try:
+        stack.trigger(UPGRADE, major_conf(old), run_id)
+        deadline = time.monotonic() + 600
+        while "transfer_started" not in [e["event"] for e in journal(control_cluster, UPGRADE, run_id)]:
+            assert time.monotonic() < deadline and stack.run_state(UPGRADE, run_id) not in ("failed", "success")
+            time.sleep(0.1)
+        killed = stack.task_hostnames(UPGRADE, run_id)["upgrade.pg_upgrade"]
+        stack.kill_worker(killed)
+        started = time.monotonic()
+        assert stack.wait_run(UPGRADE, run_id, timeout=600) == "failed"
+        detected_s = time.monotonic() - started
+        stack.start_worker(killed)  # the stack keeps two workers for the tests after this one
+        stack.wait_workers_ready()
+        rb = f"rollback__{run_id}"
+        assert stack.wait_run(ROLLBACK, rb, timeout=900) == "success", stack.task_states(ROLLBACK, rb)
+    finally:
+        probe.stop()
+        if killed and killed not in stack.workers:
+            stack.start_worker(killed)
+            stack.wait_workers_ready()
+    states = stack.task_states(UPGRADE, run_id)
+    assert states["upgrade.pg_upgrade"] == "failed" and states["trigger_rollback"] == "success", states
+    rollback_hosts = set(stack.task_hostnames(ROLLBACK, rb).values())
+    assert rollback_hosts and rollback_hosts <= {"worker-a", "worker-b"}
+    assert served_version(old) == 15
+    data_checks_out(old)
+    assert probe.lost(old) == [], "acknowledged writes lost"
+    print(f"killed {killed}: the run failed {detected_s:.0f}s later (task heartbeat timeout), rolled back")

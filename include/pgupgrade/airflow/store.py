@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from pgupgrade.errors import ConfigError
-from pgupgrade.state import RunStore
+from pgupgrade.state import RunStore, read_json, state_root
 from pgupgrade.state import store as file_store
 from pgupgrade.state.control import ControlStore
 
@@ -28,6 +28,22 @@ def _executors() -> list[str]:
     from airflow.configuration import conf
 
     return [e.strip().split(":")[-1].rsplit(".", 1)[-1] for e in conf.get("core", "executor").split(",") if e.strip()]
+
+
+def refuse_switch_with_unfinished_file_runs(conn_id: str) -> None:
+    """Switching a deployment from the file store to the control database: a run that still holds a cluster lock
+    in the files (unfinished, or waiting for its rollback) would lose its journal. Refused until it is finished
+    or rolled back with the files (the control connection removed), naming the runs."""
+    held = []
+    for lock in sorted((state_root() / "locks").glob("*.json")):
+        holder = read_json(lock)
+        held.append(f"{holder.get('dag_id')}/{holder.get('run_id')} on {holder.get('key')}")
+    if held:
+        raise ConfigError(
+            conn_id,
+            f"the file store in {state_root()} still holds cluster locks of unfinished runs: {'; '.join(held)}. "
+            "Finish or roll them back without the control database (remove the connection), then switch.",
+        )
 
 
 def run_store() -> RunStore:
@@ -50,6 +66,7 @@ def run_store() -> RunStore:
         return file_store()
     if conn.conn_type not in ("postgres", "postgresql"):
         raise ConfigError(conn_id, f"has type {conn.conn_type!r}, not postgres")
+    refuse_switch_with_unfinished_file_runs(conn_id)
     info = {
         "host": conn.host,
         "port": int(conn.port or 5432),
