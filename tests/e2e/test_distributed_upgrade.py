@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import uuid
 from typing import Any
@@ -126,7 +125,7 @@ def test_failure_after_the_new_cluster_started_rolls_back_with_every_write(
     assert workers_of(stack, (UPGRADE, run_id), (ROLLBACK, rb)) == {"worker-a", "worker-b"}
     assert served_version(old) == 15
     data_checks_out(old)
-    assert probe.acked() and probe.lost(old) == [], "acknowledged writes lost"
+    assert probe.acked and probe.lost(old) == [], "acknowledged writes lost"
 
 
 def test_two_runs_on_one_cluster_exactly_one_proceeds(
@@ -152,11 +151,8 @@ def test_two_runs_on_one_cluster_exactly_one_proceeds(
             },
         ),
     ]
-    threads = [threading.Thread(target=stack.trigger, args=r) for r in runs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for r in runs:  # back to back: the scheduler starts both in its next loop
+        stack.trigger(*r)
     lock_states = []
     for dag_id, run_id, _ in runs:
         stack.wait_run(dag_id, run_id, timeout=600)
