@@ -176,6 +176,8 @@ def test_connection_to_another_clusters_datadir_is_refused_before_any_action(
     assert states["plan.acquire_lock"] == "failed" and states.get("trigger_rollback") != "success", states
     side_effects = [e for e in journal(control_cluster, UPGRADE, run_id) if e["event"] != "step"]
     assert side_effects == [], side_effects
+    time.sleep(15)  # the DAG's failure callback (dag-processor) would have triggered a rollback by now
+    assert stack.run_state(ROLLBACK, f"rollback__{run_id}") is None  # nothing changed: no way back to run
     for c in (target, other):
         assert served_version(c) == 15
         assert service_for(c, second_host.host).is_running()
@@ -294,9 +296,53 @@ def test_worker_killed_inside_the_cutover_rollback_from_the_control_database(
             stack.wait_workers_ready()
     states = stack.task_states(UPGRADE, run_id)
     assert states["upgrade.pg_upgrade"] == "failed" and states["trigger_rollback"] == "success", states
-    rollback_hosts = set(stack.task_hostnames(ROLLBACK, rb).values())
-    assert rollback_hosts and rollback_hosts <= {"worker-a", "worker-b"}
+    assert workers_of(stack, (ROLLBACK, rb)) <= {"worker-a", "worker-b"} and workers_of(stack, (ROLLBACK, rb))
     assert served_version(old) == 15
     data_checks_out(old)
     assert probe.lost(old) == [], "acknowledged writes lost"
     print(f"killed {killed}: the run failed {detected_s:.0f}s later (task heartbeat timeout), rolled back")
+
+
+def test_minor_upgrade_and_extension_migration_on_another_host(
+    distributed_airflow: DistributedAirflow, second_host: SecondHost, control_cluster: Cluster
+) -> None:
+    """The other runbooks on the second host: 15.18 → 15.20 (bindir switch) under writes, then pg_tviews
+    0.1 → 0.2 on the same cluster; each run's journal in the control database."""
+    stack = distributed_airflow
+    migration = "pg_tviews_0_1_to_0_2_migration"
+    ready(stack, MINOR, MINOR_ROLLBACK, migration, "pg_tviews_extension_rollback")
+    c = second_host.new_cluster("15.18")
+    register(stack, c)
+    home = os.path.dirname(c.datadir)
+    WriteProbe.create_table(c)
+    probe = WriteProbe(c).start()
+    minor_run = f"dist-minor-{uuid.uuid4().hex[:6]}"
+    try:
+        stack.trigger(
+            MINOR,
+            {
+                "postgres_conn_id": c.name,
+                "installer": "bindir",
+                "target_version": "15.20",
+                "new_bindir": installation("15.20").bindir,
+                "backup_dir": f"{home}/minor-backup",
+                "terminate_after_s": 0,
+                "min_free_gb": 1,
+            },
+            minor_run,
+        )
+        assert stack.wait_run(MINOR, minor_run, timeout=900) == "success", stack.task_states(MINOR, minor_run)
+    finally:
+        probe.stop()
+    with connect(c) as conn:
+        assert str(scalar(conn, "SHOW server_version")).startswith("15.20")
+    assert probe.lost(c) == [], "acknowledged writes lost"
+    assert "opened" in [e["event"] for e in journal(control_cluster, MINOR, minor_run)]
+
+    ext_run = f"dist-ext-{uuid.uuid4().hex[:6]}"
+    stack.trigger(migration, {"postgres_conn_id": c.name, "backup_dir": f"{home}/ext-backup"}, ext_run)
+    assert stack.wait_run(migration, ext_run, timeout=900) == "success", stack.task_states(migration, ext_run)
+    with connect(c, APP_DB) as conn:
+        assert scalar(conn, "SELECT extversion FROM pg_extension WHERE extname = 'pg_tviews'") == "0.2.0"
+    assert workers_of(stack, (MINOR, minor_run), (migration, ext_run)) == {"worker-a", "worker-b"}
+    data_checks_out(c)

@@ -195,29 +195,37 @@ def test_schema_is_migrated_once_and_a_newer_one_refused(control_cluster: Cluste
             migrate(conn)
 
 
-def test_control_database_away(control_cluster: Cluster, pool: Pool, tmp_path: Path) -> None:
+def test_control_database_away(pool: Pool, tmp_path: Path) -> None:
     """Before the outage an unreachable control database stops the step (nothing recorded, nothing done); once
-    the old cluster's stop was journaled, events go to the spool on the database host, count as happened, and
-    move into the control database, in order, when it is back."""
+    the old cluster's stop was journaled, events and documents go to the spool on the database host, the process
+    that records them still sees the whole run (as read when the outage began, plus its own records), and the
+    spool moves into the control database, in order, when it is back — for whoever reads next."""
     own = pool.new("17.10", "control_away", seed=False)
     store = control_store(own)
     host = LocalHost()
     spool = Spool(host, "postgres", f"{pool.root}/spool-{tmp_path.name}/up--r1.jsonl")
     journal = store.run("up", "r1", spool)
     journal.record("cutover_started")
+    journal.save("plan", {"method": "pg_upgrade"})
+    journal.record("old_stop_requested")  # the outage begins: the run is read into memory
+    other = store.run("up", "r2", Spool(host, "postgres", f"{pool.root}/spool-{tmp_path.name}/up--r2.jsonl"))
     svc = service_for(own, host)
     svc.stop("fast")
     store.db.close()
     try:
         with pytest.raises(ControlUnreachable, match="cannot be reached"):
-            journal.record("backup_started")
-        journal.record("old_stop_requested")  # the outage begins: from here on the spool takes over
+            other.record("backup_started")  # a run whose outage has not begun: the step must not act
         journal.record("transfer_started", mode="link")
         journal.save("pg_upgrade_logs", {"log": "x"})
-        assert len(spool.lines()) == 3
-        assert [e["event"] for e in journal.events()] == ["old_stop_requested", "transfer_started"]
+        assert len(spool.lines()) == 2
+        assert [e["event"] for e in journal.events()] == ["cutover_started", "old_stop_requested", "transfer_started"]
+        assert journal.load("plan") == {"method": "pg_upgrade"} and journal.load("pg_upgrade_logs") == {"log": "x"}
+        assert journal.happened("transfer_started")
     finally:
         svc.start()
     rollback_view = store.run("up", "r1", spool)  # e.g. the rollback, on another worker
-    assert [e["event"] for e in rollback_view.events()] == ["cutover_started", "old_stop_requested", "transfer_started"]
+    events = rollback_view.events()
+    assert [e["event"] for e in events] == ["cutover_started", "old_stop_requested", "transfer_started"]
+    assert [e.get("spooled", False) for e in events] == [False, False, True]
     assert rollback_view.load("pg_upgrade_logs") == {"log": "x"} and spool.lines() == []
+    assert other.events() == []

@@ -19,6 +19,7 @@ from pgupgrade.context import RunContext
 from pgupgrade.errors import ConfigError, PgUpgradeError
 from pgupgrade.params import Field
 from pgupgrade.state import RunJournal
+from pgupgrade.state.control import ControlUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +146,27 @@ def rollback_callback(rollback_dag_id: str) -> Callable[[dict[str, Any]], None]:
         if str(getattr(dag_run, "run_type", "")).lower().endswith("scheduled"):
             return  # a scheduled run only dispatches per-cluster runs: it never touches a cluster
         dag_id, run_id = dag_run.dag_id, dag_run.run_id
-        state = run_store().run(dag_id, run_id)
-        if not state.events():
-            log.info("run %s changed nothing: no rollback needed", run_id)
-            return
         conf = {
             "upgrade_dag_id": dag_id,
             "upgrade_run_id": run_id,
             "postgres_conn_id": (dag_run.conf or {}).get("postgres_conn_id")
             or context["params"].get("postgres_conn_id"),
         }
+        state = run_store().run(dag_id, run_id)
+        try:
+            changed = bool(state.side_effects())  # failed steps are journaled too: only a change needs a way back
+        except ControlUnreachable as exc:  # the journal cannot be read: a person must start the rollback later
+            from pgupgrade.airflow import notifiers
+
+            why = f"{exc}; when it is back, start the rollback run by hand (its conf below)"
+            log.error(why)
+            notifiers.rollback_not_started(
+                dag_id, run_id, conf["postgres_conn_id"], rollback_dag_id, rollback_run_id(run_id), why, context
+            )
+            return
+        if not changed:
+            log.info("run %s changed nothing: no rollback needed", run_id)
+            return
         problem: str | None = None
         try:
             outcome = trigger_via_api(rollback_dag_id, rollback_run_id(run_id), conf)

@@ -128,6 +128,7 @@ class ControlJournal(JournalReading):
     spool: Spool | None = None
     _outage_begun: bool = field(default=False, repr=False)
     _spool_unread: bool = field(default=True, repr=False)  # read the spool once, then only after spooling
+    _memory: dict[str, Any] | None = field(default=None, repr=False)  # the run as of the outage's start, and since
 
     @property
     def location(self) -> str:
@@ -162,7 +163,19 @@ class ControlJournal(JournalReading):
             spooled=spooled,
         )
 
+    def _remember(self) -> None:
+        """Reads the whole run (events and documents) into memory as the outage begins: while the control database
+        is away, this process's steps still see what happened before, plus what they record themselves."""
+        try:
+            events = self._read_events()
+            docs = {r["name"]: r["body"] for r in self.db.rows("control-documents-of-run", self._key())}
+        except ControlUnreachable:
+            return
+        self._memory = {"events": events, "docs": docs}
+
     def _or_spool(self, line: dict[str, Any], write: Any) -> None:
+        if line.get("event") == OUTAGE_BEGUN and self._memory is None:
+            self._remember()
         try:
             self._reconcile()
             write()
@@ -174,6 +187,11 @@ class ControlJournal(JournalReading):
             self._spool_unread = True
         if line.get("event") == OUTAGE_BEGUN:
             self._outage_begun = True
+        if self._memory is not None:
+            if line["kind"] == "event":
+                self._memory["events"].append({"event": line["event"], "at": line["at"], **line["details"]})
+            else:
+                self._memory["docs"][line["name"]] = line["body"]
 
     def record(self, event: str, **details: Any) -> None:
         line: dict[str, Any] = {
@@ -193,20 +211,24 @@ class ControlJournal(JournalReading):
         self._or_spool(line, lambda: self.db.rows("control-document-save", self._key(name=name, body=json.dumps(body))))
         return f"{self.location}, document {name}"
 
+    def _read_events(self) -> list[dict[str, Any]]:
+        self._reconcile()
+        return [
+            {"event": r["event"], "at": r["at"], **(r["details"] or {}), **({"spooled": True} if r["spooled"] else {})}
+            for r in self.db.rows("control-journal-events", self._key())
+        ]
+
     def events(self) -> list[dict[str, Any]]:
         try:
-            self._reconcile()
-            rows = self.db.rows("control-journal-events", self._key())
+            out = self._read_events()
+            if self._memory is not None:
+                self._memory["events"] = list(out)
         except ControlUnreachable:
+            if self._memory is not None:  # this process saw the run as the outage began, and recorded since
+                return list(self._memory["events"])
             if self.spool is None:
                 raise
-            rows = []
-        out = [
-            {"event": r["event"], "at": r["at"], **(r["details"] or {}), **({"spooled": True} if r["spooled"] else {})}
-            for r in rows
-        ]
-        if self.spool is not None:  # still spooled (the control database is away): they happened too
-            out += [
+            out = [  # another process's view: what was spooled on the database host is all it can know
                 {"event": x["event"], "at": x["at"], **x["details"]} for x in self.spool.lines() if x["kind"] == "event"
             ]
         if any(e["event"] == OUTAGE_BEGUN for e in out):
@@ -214,11 +236,16 @@ class ControlJournal(JournalReading):
         return out
 
     def load(self, name: str, default: Any = None) -> Any:
-        rows = self.db.rows("control-document-load", self._key(name=name))
+        try:
+            rows = self.db.rows("control-document-load", self._key(name=name))
+        except ControlUnreachable:
+            if self._memory is None:
+                raise
+            return self._memory["docs"].get(name, default)
         return rows[0]["body"] if rows else default
 
     def has(self, name: str) -> bool:
-        return bool(self.db.rows("control-document-load", self._key(name=name)))
+        return self.load(name) is not None
 
     def exists(self) -> bool:
         return bool(self.db.rows("control-run-exists", self._key())[0]["exists"])
