@@ -200,15 +200,19 @@ class AirflowStack:
 
     def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str) -> str:
         body = {"dag_run_id": run_id, "logical_date": None, "conf": conf}
-        try:
-            self.api("POST", f"/dags/{dag_id}/dagRuns", json=body)
-        except requests.HTTPError as exc:
-            # Seen here under load: the api-server answers 500 when its audit-log insert fails right after other
-            # writes; the run was not created. Once more, unless it was.
-            if exc.response is None or exc.response.status_code != 500 or self.run_state(dag_id, run_id) is not None:
-                raise
-            time.sleep(1)
-            self.api("POST", f"/dags/{dag_id}/dagRuns", json=body)
+        for attempt in range(4):
+            try:
+                self.api("POST", f"/dags/{dag_id}/dagRuns", json=body)
+                return run_id
+            except requests.HTTPError as exc:
+                # Seen here under load: the api-server answers 500 when its audit-log insert fails; the run was
+                # not created. Again, unless it was.
+                if exc.response is None or exc.response.status_code != 500 or attempt == 3:
+                    raise
+                print(f"trigger {dag_id}/{run_id}: 500 {exc.response.text[:300]!r}; again")
+                if self.run_state(dag_id, run_id) is not None:
+                    return run_id
+                time.sleep(2)
         return run_id
 
     def run_state(self, dag_id: str, run_id: str) -> str | None:

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from pgupgrade import facts
 from pgupgrade.airflow.connections import host_for
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import SSHConnectionLost, SSHHost
+from pgupgrade.errors import ConfigError
 from pgupgrade.state import RunState, state_root
 
 from airflow_helpers import ROLLBACK, UPGRADE, minor_conf, run, run_triggered_rollback
@@ -225,3 +227,22 @@ def test_link_dropped_mid_step_then_rollback(pool: Pool, sshd: Sshd, ssh_conn: s
     assert num == 150018 and text == state.load("plan")["old"]["version_text"]
     data_checks_out(old)
     same_rows(before, facts.snapshot(old))
+
+
+def test_unknown_ssh_connection_and_refused_key_are_clear_errors(
+    sshd: Sshd, ssh_conn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bad input before any command: an ssh_conn_id that names no connection, and a key the host refuses, each
+    fail with a ConfigError naming the connection field (and, for the key, the host and login)."""
+    db = Cluster("db", "127.0.0.1", 5432, "postgres", "postgres", "/usr/bin", "/srv/db", ssh_conn_id="no_such_ssh")
+    with pytest.raises(ConfigError, match=r"db\.extra\.ssh_conn_id: no Airflow SSH connection 'no_such_ssh'"):
+        host_for(db)
+    stranger = tmp_path / "stranger_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    conn = json.loads(os.environ[f"AIRFLOW_CONN_{SSH_CONN.upper()}"])
+    conn["extra"]["key_file"] = str(stranger)
+    monkeypatch.setenv("AIRFLOW_CONN_STRANGER_SSH", json.dumps(conn))
+    with pytest.raises(
+        ConfigError, match=r"cannot log in to 127\.0\.0\.1:\d+ as 'root' with connection 'stranger_ssh'"
+    ):
+        host_for(replace(db, ssh_conn_id="stranger_ssh"))

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pgupgrade import checks, facts, outage, services, versions
+from pgupgrade import checks, facts, identity, outage, services, versions
 from pgupgrade.clients import terminate_clients
 from pgupgrade.cluster import service_for
 from pgupgrade.context import RunContext
@@ -21,7 +21,7 @@ from pgupgrade.major.model import MajorPlan, Method
 from pgupgrade.major.transfer import new_cluster, socket_for
 from pgupgrade.scratch import exists
 from pgupgrade.services import stop_old
-from pgupgrade.sql import connect, fetch_named
+from pgupgrade.sql import connect, fetch_named, scalar_named
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,8 @@ def start_new_private(ctx: RunContext) -> None:
     new_private = new_cluster(ctx, plan_, private=True)
     ctx.state.record("new_started")  # before the first start: from here the old cluster may be unusable (link)
     services.start_private(new_private, ctx.host, new_private.host)
+    control = ctx.host.run([new_private.bin("pg_controldata"), "-D", new_private.datadir], user=new_private.os_user)
+    ctx.state.record("new_identified", system_identifier=identity.controldata_identifier(control.stdout))
 
 
 def update_extensions(ctx: RunContext) -> dict[str, Any]:
@@ -182,7 +184,14 @@ def open_to_clients(ctx: RunContext) -> None:
     service_for(private, ctx.host).stop("fast")
     ctx.state.record("new_public_start")
     service_for(public, ctx.host).start()
+    recorded = (ctx.state.first("new_identified") or {}).get("system_identifier")
     with connect(public) as conn:
+        served = scalar_named(conn, "system-identifier")
+        if recorded and served != recorded:  # the server on the old port is not the cluster this run built
+            raise UnsafeState(
+                f"the server now on port {public.port} has system identifier {served}, not the new cluster's "
+                f"{recorded} (pg_controldata of {public.datadir}); logins stay blocked"
+            )
         lsn = fetch_named(conn, "wal-position")[0]["lsn"]  # a rollback counts the WAL written after this
     roles = ctx.state.load("blocked_roles", [])
     gate_for(public).unblock(roles)
