@@ -77,7 +77,7 @@ def _wait(ok: Callable[[], Any], timeout: float, what: str, interval: float = 0.
         time.sleep(interval)
 
 
-def _port_open(address: str, port: int) -> bool:
+def port_open(address: str, port: int) -> bool:
     try:
         socket.create_connection((address, port), timeout=1).close()
         return True
@@ -385,7 +385,7 @@ class SecondHost:
         self.run(["tee", f"{d}/sshd_config"], stdin=config)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory (systemd makes it)
         self.run([SSHD, "-f", f"{d}/sshd_config", "-E", f"{d}/sshd.log"])  # daemonizes (child of the ns's PID 1)
-        _wait(lambda: _port_open(self.address, self.ssh_port), 10, f"sshd on {self.address}:{self.ssh_port}")
+        _wait(lambda: port_open(self.address, self.ssh_port), 10, f"sshd on {self.address}:{self.ssh_port}")
 
     @property
     def sshd_log(self) -> str:
@@ -428,7 +428,7 @@ class SecondHost:
     def _port(self) -> int:
         while True:
             self._next_port += 1
-            if not _port_open(self.address, self._next_port) and not _port_open("127.0.0.1", self._next_port):
+            if not port_open(self.address, self._next_port) and not port_open("127.0.0.1", self._next_port):
                 return self._next_port
 
     def new_cluster(
@@ -510,7 +510,7 @@ class Redis:
             self.proc = subprocess.Popen(
                 [*user, REDIS, str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        _wait(lambda: _port_open("127.0.0.1", self.port), 10, "redis")
+        _wait(lambda: port_open("127.0.0.1", self.port), 10, "redis")
         return self
 
     def stop(self) -> None:

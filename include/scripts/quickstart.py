@@ -185,16 +185,6 @@ def _address(hexaddr: str) -> str:
     return "::" if set(hexaddr) == {"0"} else hexaddr
 
 
-def port_open(address: str, port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection((address, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:

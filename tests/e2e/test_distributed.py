@@ -138,6 +138,20 @@ def drill(stack: DistributedAirflow, run_id: str, steps: list[str]) -> None:
         stack.api("POST", "/variables", json=body)
 
 
+def under_writes(
+    stack: DistributedAirflow, second_host: SecondHost, kind: str, fail: list[str] | None = None
+) -> tuple[Cluster, str, WriteProbe]:
+    """A seeded 15.18 cluster on the second host, registered, with an application writing to it over TCP; a run
+    id for its upgrade (whose steps ``fail`` fail by fault drill)."""
+    old = second_host.new_cluster("15.18")
+    register(stack, old)
+    run_id = f"dist-{kind}-{uuid.uuid4().hex[:6]}"
+    if fail:
+        drill(stack, run_id, fail)
+    WriteProbe.create_table(old)
+    return old, run_id, WriteProbe(old).start()
+
+
 def journal(control: Cluster, dag_id: str, run_id: str) -> list[dict[str, Any]]:
     info = control.conninfo("pgupgrade_control")
     info.pop("application_name", None)
@@ -172,11 +186,7 @@ def test_link_upgrade_of_a_cluster_on_another_host(
 ) -> None:
     stack = distributed_airflow
     ready(stack, UPGRADE, ROLLBACK)
-    old = second_host.new_cluster("15.18")
-    register(stack, old)
-    WriteProbe.create_table(old)
-    probe = WriteProbe(old).start()  # an application writing over TCP all through the run
-    run_id = f"dist-link-{uuid.uuid4().hex[:6]}"
+    old, run_id, probe = under_writes(stack, second_host, "link")  # an application writes over TCP all along
     try:
         stack.trigger(UPGRADE, major_conf(old), run_id)
         state = stack.wait_run(UPGRADE, run_id, timeout=900)
@@ -198,12 +208,7 @@ def test_failure_after_the_new_cluster_started_rolls_back_with_every_write(
 ) -> None:
     stack = distributed_airflow
     ready(stack, UPGRADE, ROLLBACK)
-    old = second_host.new_cluster("15.18")
-    register(stack, old)
-    run_id = f"dist-fail-{uuid.uuid4().hex[:6]}"
-    drill(stack, run_id, ["health_check"])
-    WriteProbe.create_table(old)
-    probe = WriteProbe(old).start()
+    old, run_id, probe = under_writes(stack, second_host, "fail", fail=["health_check"])
     try:
         stack.trigger(UPGRADE, major_conf(old), run_id)
         assert stack.wait_run(UPGRADE, run_id, timeout=900) == "failed"
@@ -283,12 +288,7 @@ def test_control_database_away_during_pg_upgrade(
     acknowledged write."""
     stack = distributed_airflow
     ready(stack, UPGRADE, ROLLBACK)
-    old = second_host.new_cluster("15.18")
-    register(stack, old)
-    run_id = f"dist-ctl-{uuid.uuid4().hex[:6]}"
-    drill(stack, run_id, ["validate_facts"])
-    WriteProbe.create_table(old)
-    probe = WriteProbe(old).start()
+    old, run_id, probe = under_writes(stack, second_host, "ctl", fail=["validate_facts"])
     control = service_for(control_cluster)
     try:
         stack.trigger(UPGRADE, major_conf(old), run_id)
@@ -359,11 +359,7 @@ def test_worker_killed_inside_the_cutover_rollback_from_the_control_database(
     brings 15 back with every acknowledged write."""
     stack = distributed_airflow
     ready(stack, UPGRADE, ROLLBACK)
-    old = second_host.new_cluster("15.18")
-    register(stack, old)
-    run_id = f"dist-kill-{uuid.uuid4().hex[:6]}"
-    WriteProbe.create_table(old)
-    probe = WriteProbe(old).start()
+    old, run_id, probe = under_writes(stack, second_host, "kill")
     killed = None
     try:
         stack.trigger(UPGRADE, major_conf(old), run_id)

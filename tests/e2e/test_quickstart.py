@@ -23,6 +23,7 @@ from pgupgrade.sql import connect, scalar
 
 from airflow_stack import ROOT
 from pgharness import data_checks_out
+from topology import port_open
 
 pytestmark = pytest.mark.distributed
 SCRIPT = ROOT / "include" / "scripts" / "quickstart.sh"
@@ -38,16 +39,6 @@ def quickstart(work: Path, *args: str, timeout: float = 900) -> tuple[subprocess
         ["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
     return res, time.monotonic() - started
-
-
-def listens(address: str, port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection((address, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def alive(pid: int, start: int | None) -> bool:
@@ -141,7 +132,7 @@ def test_quickstart_up_trigger_down() -> None:
         in_ns = [p for p in os.listdir("/proc") if p.isdigit() and _ns(p) == ns["inode"]]
         assert not in_ns, (ns, in_ns)
     for address, port in state.get("ports", []):
-        assert not listens("127.0.0.1" if address in ("0.0.0.0", "::") else address, port), (address, port)
+        assert not port_open("127.0.0.1" if address in ("0.0.0.0", "::") else address, port), (address, port)
     assert state.get("ports"), state  # up recorded what it listened on
     assert not work.exists()
     assert not (work.parent / f".{work.name}.lock").exists()
