@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pgupgrade import identity
+from pgupgrade import guard, identity, profiles
 from pgupgrade.cluster import Cluster, Service
-from pgupgrade.errors import ConfigError, UnsafeState
+from pgupgrade.context import RunContext
+from pgupgrade.errors import ConfigError, PlanError, UnsafeState
 from pgupgrade.scratch import write_settings
+from pgupgrade.sql import connect
+from pgupgrade.state.control import ControlStore
 
 from pgharness import HOST, OS_USER, Pool, lock_of
 
@@ -58,3 +61,39 @@ def test_another_clusters_data_directory_is_refused_naming_both_identifiers(pool
 def test_without_ssh_the_worker_must_be_the_database_host(primary: Cluster) -> None:
     with pytest.raises(ConfigError, match=r"does not exist on .*the Airflow worker must be the database host"):
         identity.verify(replace(primary, datadir="/nonexistent/pgdata"), HOST)
+
+
+def _control_on(cluster: Cluster, db: str) -> ControlStore:
+    with connect(cluster) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db}")
+    info = cluster.conninfo(db)
+    info.pop("application_name", None)
+    return ControlStore(info)
+
+
+def test_the_cluster_holding_the_control_database_is_never_taken(pool: Pool, primary: Cluster) -> None:
+    """take_cluster proves the identity, refuses the cluster whose system identifier is the control database's
+    (its outage would stop the journal), and otherwise takes the lock and records identity and lock key."""
+    store = _control_on(primary, "ctl_here")
+
+    def ctx_for(cluster: Cluster, run_id: str) -> RunContext:
+        return RunContext(
+            dag_id="pg15_to_pg16_upgrade",
+            run_id=run_id,
+            params={},
+            cluster=cluster,
+            host=HOST,
+            state=store.run("pg15_to_pg16_upgrade", run_id),
+            profile=profiles.get("pg_tviews"),
+            store=store,
+        )
+
+    with pytest.raises(PlanError, match="holds the control database"):
+        guard.take_cluster(ctx_for(primary, "r-self"), lambda *_: False)
+    assert store.run("pg15_to_pg16_upgrade", "r-self").side_effects() == []
+    other = pool.new("15.18", "identity_target", seed=False)
+    ctx = ctx_for(other, "r-other")
+    assert "acquired" in guard.take_cluster(ctx, lambda *_: False)
+    recorded = ctx.state.load("identity")
+    assert recorded["lock_key"] == ctx.lock.key == lock_of(other).key
+    assert ctx.lock.release("pg15_to_pg16_upgrade", "r-other")
