@@ -293,18 +293,6 @@ class NamespaceHost:
         return res
 
 
-def _unlocked_shadow(user: str) -> str:
-    """/etc/shadow with user's locked password field ("!...") made "*" (no password, not locked): sshd without
-    PAM refuses every login, key logins included, of a locked account. Used inside a namespace only."""
-    out = []
-    for line in Path("/etc/shadow").read_text().splitlines():
-        parts = line.split(":")
-        if parts[0] == user and parts[1].startswith("!"):
-            parts[1] = "*"
-        out.append(":".join(parts))
-    return "\n".join(out) + "\n"
-
-
 @dataclass
 class SecondHost:
     """A second database host (see the module doc). ``start()``, ``new_cluster(...)``, ``ssh_connection()``,
@@ -356,7 +344,6 @@ class SecondHost:
             ],
             files={
                 "/etc/hosts": f"127.0.0.1 localhost\n{self.address} {self.hostname}\n",
-                "/etc/shadow": _unlocked_shadow(DB_USER),
             },
         ).start()
         try:
@@ -378,7 +365,10 @@ class SecondHost:
         self.run(["chmod", "0600", f"{db_home}/.ssh/authorized_keys"], user=DB_USER)  # sshd's StrictModes
         config = (
             f"ListenAddress {self.address}:{self.ssh_port}\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n"
-            "AuthorizedKeysFile .ssh/authorized_keys\nUsePAM no\nPermitRootLogin no\n"
+            # UsePAM: PAM's account phase lets a key log in to an account whose password is locked (Debian's
+            # postgres); sshd without PAM refuses it. (A namespace-only /etc/shadow does not last: the kernel detaches
+            # that mount when the main system replaces /etc/shadow, e.g. a useradd in another test.)
+            "AuthorizedKeysFile .ssh/authorized_keys\nUsePAM yes\nPermitRootLogin no\n"
             f"AllowUsers {DB_USER}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "LogLevel VERBOSE\nSetEnv SHLVL=1\n"  # SHLVL: see tests/integration/test_ssh_host.py
         )

@@ -13,6 +13,8 @@ import os
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,8 @@ from pgupgrade.cluster import Cluster, service_for
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state.control import ControlStore
 
-from pgharness import APP_DB, WriteProbe, connection_env, data_checks_out, installation, served_version
-from topology import WORKER_USER, DistributedAirflow, SecondHost
+from pgharness import APP_DB, Pool, WriteProbe, connection_env, data_checks_out, installation, served_version
+from topology import WORKER_USER, DistributedAirflow, SecondHost, control_database
 
 pytestmark = pytest.mark.distributed
 UPGRADE, ROLLBACK, MINOR, MINOR_ROLLBACK = (
@@ -34,6 +36,45 @@ UPGRADE, ROLLBACK, MINOR, MINOR_ROLLBACK = (
 )
 PREFLIGHT = "pg_preflight_checks"
 DRILLS: dict[str, list[str]] = {}
+
+
+@pytest.fixture(scope="module")
+def second_host() -> Iterator[SecondHost]:
+    """Host ``dbhost2`` (127.0.0.2): ``new_cluster(version)`` makes a started cluster there; its SSH connection
+    (``second_host.ssh_conn_id``) is in the environment of every process of ``distributed_airflow``."""
+    started = time.monotonic()
+    host = SecondHost().start()
+    print(f"second host {host.hostname} up in {time.monotonic() - started:.1f}s")
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
+@pytest.fixture(scope="module")
+def control_cluster(pool: Pool) -> Cluster:
+    """The control database's own cluster (on 127.0.0.1, TCP): a test may stop it without stopping Airflow."""
+    cluster = pool.new("17", "distributed_control", seed=False, settings={"listen_addresses": "'127.0.0.1'"})
+    return replace(cluster, host="127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def distributed_airflow(pool: Pool, second_host: SecondHost, control_cluster: Cluster) -> Iterator[DistributedAirflow]:
+    """api-server, scheduler, dag-processor, triggerer as root here; celery workers ``worker-a`` and
+    ``worker-b`` as the ``airflow`` user in their own namespaces; broker redis; metadata on 127.0.0.1 (TCP); the
+    control database (database pgupgrade_control of ``control_cluster``) and fault drills (Variable
+    pgupgrade_inject_failure) in every process's environment. Connections a test needs go through
+    ``distributed_airflow.add_connection`` (REST)."""
+    started = time.monotonic()
+    meta = pool.new("17", "distributed_meta", seed=False, settings={"listen_addresses": "'127.0.0.1'"})
+    env = {**second_host.connection_env(), **control_database(control_cluster), "PGUPGRADE_FAULT_DRILLS": "1"}
+    assert second_host.keydir is not None
+    stack = DistributedAirflow(replace(meta, host="127.0.0.1"), env, shared=[second_host.keydir]).start()
+    print(f"distributed airflow up in {time.monotonic() - started:.1f}s (logs in {stack.home})")
+    try:
+        yield stack
+    finally:
+        stack.stop()  # its home (logs of every component and task) stays, as the other e2e stacks' homes do
 
 
 def test_second_host_is_a_host_of_its_own(second_host: SecondHost) -> None:
@@ -262,7 +303,6 @@ def test_connection_to_another_clusters_datadir_is_refused_before_any_action(
     stack = distributed_airflow
     ready(stack, UPGRADE, ROLLBACK)
     target, other = second_host.new_cluster("15.18", seed=False), second_host.new_cluster("15.18", seed=False)
-    from dataclasses import replace
 
     wrong = register(stack, replace(target, datadir=other.datadir), f"{target.name}_wrong_datadir")
     run_id = f"dist-wrong-{uuid.uuid4().hex[:6]}"

@@ -214,10 +214,21 @@ print(json.dumps(out))
 
 
 def test_local_host_as_the_non_root_user(cluster: Cluster, sudoers: str, login_user: str) -> None:
-    """LocalHost in a worker that is not root (run here as pgupgrade-ci by runuser, with Debian's python3 and the
-    library's source: the checkout's venv may sit in root's closed home): the same sudo rules."""
+    """LocalHost in a worker that is not root (run here as pgupgrade-ci by runuser, with Debian's python3 and a
+    world-readable copy of the library's source: the checkout may sit in root's closed home): the same sudo rules."""
     python = "/usr/bin/python3"
-    include = Path(privileges.__file__).resolve().parents[1]
+    include = Path(tempfile.mkdtemp(prefix="pgupgrade-library-"))
+    include.chmod(0o755)
+    shutil.copytree(Path(privileges.__file__).resolve().parent, include / "pgupgrade")
+    shutil.copytree(Path(privileges.__file__).resolve().parents[1] / "sql", include / "sql")
+    subprocess.run(["chmod", "-R", "go+rX", str(include)], check=True)
+    try:
+        _as_login_user(python, include, cluster, login_user)
+    finally:
+        shutil.rmtree(include, ignore_errors=True)
+
+
+def _as_login_user(python: str, include: Path, cluster: Cluster, login_user: str) -> None:
     if not os.access(python, os.X_OK):
         pytest.skip("no /usr/bin/python3 for the non-root user")
     res = subprocess.run(
