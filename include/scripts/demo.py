@@ -68,7 +68,6 @@ def main() -> int:
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "PGUPGRADE_STATE_DIR": str(work / "state"),
-            "PGUPGRADE_DEADLINE_ALERTS": "0",  # airflow dags test (3.3.2) fails after a run of a DAG with deadlines
             "AIRFLOW_CONN_DEMO15": json.dumps(
                 {
                     "conn_type": "postgres",

@@ -203,6 +203,23 @@ def test_command_installer_switches_a_symlinked_installation(pool: Pool, monkeyp
     data_checks_out(old)
 
 
+def test_bindir_target_version_from_new_bindir(pool: Pool) -> None:
+    """Installer bindir without target_version: the plan takes new_bindir's postgres --version (15.20) as the
+    target; a dry run plans 15.18 → 15.20 and succeeds, the cluster untouched."""
+    old = pool.new("15.18", seed=False)
+    conf = minor_conf(old, dry_run=True)
+    del conf["target_version"]
+    assert fields.validate_params(conf)["target_version"] == ""
+    dr, states = run(UPGRADE, conf)
+    assert dr.state == "success", states
+    assert states["plan.plan"] == "success" and states["plan.dry_run_gate"] == "success", states
+    assert states["pre_upgrade.backup"] == "skipped", states
+    plan = ustate(dr.run_id).load("plan")
+    assert (plan["old"]["version"], plan["new"]["version"], plan["new"]["version_num"]) == ("15.18", "15.20", 150020)
+    assert real(plan["new"]["bindir"]) == real(conf["new_bindir"])
+    assert Service(old).is_running() and served(old)[0] == 150018
+
+
 # -- refusals before anything stops ------------------------------------------------------------------------------
 
 
@@ -238,7 +255,12 @@ def resolve(over: dict[str, Any]) -> dict[str, Any]:
 # ~20 downstream tasks upstream_failed one per second).
 REFUSED_PLANS = {
     "target_of_another_major": ("15.18", {"target_version": "17.10", "new_bindir": "@17"}, "stays within one major"),
-    "wrong_minor_in_bindir": ("15.18", {"target_version": "15.19"}, "not the target 15.19"),
+    "wrong_minor_in_bindir": (
+        "15.18",
+        {"target_version": "15.19"},
+        f"target_version 15.19 disagrees with new_bindir {installation('15.20').bindir}, which is PostgreSQL 15.20",
+    ),
+    "no_target_and_another_major_in_bindir": ("15.18", {"target_version": "", "new_bindir": "@17"}, "one major"),
     "downgrade_not_allowed": ("15.20", {"target_version": "15.18", "new_bindir": "@15.18"}, "allow_downgrade"),
     "apt_on_another_bindir": ("15.18", {"installer": "apt", "new_bindir": ""}, "installer apt replaces"),
     "command_without_admin_config": (
@@ -307,7 +329,9 @@ def test_plan_refusals_and_a_plan(pool: Pool) -> None:
 
 def test_validate_params_refuses_bad_conf() -> None:
     for conf, field in [
-        ({}, "target_version"),
+        ({}, "new_bindir"),  # installer bindir: target_version may be left to new_bindir, new_bindir may not
+        ({"installer": "apt"}, "target_version"),
+        ({"installer": "command"}, "target_version"),
         ({"target_version": "15"}, "target_version"),
         ({"target_version": "15.20"}, "new_bindir"),
         ({"target_version": "15.20", "installer": "apt", "new_bindir": "/x/bin"}, "new_bindir"),

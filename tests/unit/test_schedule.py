@@ -150,3 +150,73 @@ def test_deadline_alert_lasts_one_window_and_alerts_through_the_notifiers(
     assert (event, dag_id, run_id, cluster) == ("deadline_missed", "pg_minor_upgrade", "r1", "pg_main")
     assert "pg_minor_upgrade run r1 on pg_main overran the maintenance window 'night'" in kw["detail"]["alert"]
     assert "1 channel(s)" in out
+
+
+def test_no_deadline_alert_for_a_run_that_already_ended_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline of a failed run is not pruned: when the window's length is up the triggerer still calls the
+    notifier, with the run's state as the scheduler saw it. A run that ended failed (alerted, rolled back) stays
+    quiet; one that failed after the scheduler looked (asked again through the Task SDK) too."""
+    import asyncio
+
+    from pgupgrade.airflow import notifiers
+
+    sent: list[Any] = []
+    monkeypatch.setattr(notifiers, "send", lambda *a, **kw: sent.append(a) or 1)
+    asked: list[tuple[str, str]] = []
+    live = {"state": None}
+
+    def live_state(dag_id: str, run_id: str) -> str | None:
+        asked.append((dag_id, run_id))
+        return live["state"]
+
+    monkeypatch.setattr(notifiers, "_live_dagrun_state", live_state)
+
+    def alert(state: str) -> str:
+        context = {
+            "dag_run": {
+                "dag_id": "pg_minor_upgrade",
+                "dag_run_id": "r1",
+                "state": state,
+                "end_date": "2026-11-29T00:10:00+00:00",
+                "conf": {"postgres_conn_id": "pg_main"},
+            },
+            "deadline": {"deadline_time": "2026-11-29T03:00:00+00:00"},
+        }
+        return asyncio.run(notifiers.deadline_missed("night", "Mon 22:00-01:30", context=context))
+
+    out = alert("failed")
+    assert sent == [] and asked == [] and "already ended failed" in out
+    live["state"] = "failed"  # running when the scheduler looked, failed by now
+    assert "already ended failed" in alert("running") and sent == []
+    live["state"] = "running"
+    assert "overran the maintenance window 'night'" in alert("running") and len(sent) == 1
+    live["state"] = None  # nobody to ask: the context's state decides
+    assert "overran" in alert("running") and len(sent) == 2
+
+
+def test_compat_answers_the_encoded_alert_of_dag_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dag.test()'s in-process copy of a DAG holds encoded alerts where the scheduler's holds ids: the lookup
+    DagRun.update_state does after a successful run answers them from the encoding; ids go to Airflow's own."""
+    from airflow.models.deadline_alert import DeadlineAlert as DeadlineAlertModel
+    from airflow.serialization.definitions.deadline import SerializedReferenceModels
+    from airflow.serialization.encoders import encode_deadline_alert
+
+    from pgupgrade.airflow import compat
+    from pgupgrade.airflow import windows as aw
+
+    compat.install()
+    compat.install()  # idempotent: one wrapper
+    (alert,) = aw.deadline_alerts()
+    encoded = encode_deadline_alert(alert)
+    for given in (encoded, {"__var": encoded, "__type": "deadline_alert"}):
+        row = DeadlineAlertModel.get_by_id(given, session=object())
+        assert row.reference_class is SerializedReferenceModels.DagRunQueuedAtDeadline
+        assert row.name == alert.name and row.callback_def == encoded["callback"]
+
+    class Session:
+        def scalar(self, statement: Any) -> str:
+            return f"looked up {statement.compile().params}"
+
+    found = DeadlineAlertModel.get_by_id("0190a3c4-0000-7000-8000-000000000000", session=Session())
+    assert str(found).startswith("looked up")
+    assert compat.encoded_alert({"id": "x"}) is None and compat.encoded_alert("x") is None

@@ -204,15 +204,42 @@ async def deadline_missed(window: str, window_text: str, context: dict[str, Any]
     """AsyncCallback of ``pgupgrade.airflow.windows.deadline_alerts``: the run is still going when its maintenance
     window (its length, counted from when the run was queued) is over. The triggerer calls it with a small context
     (``dag_run`` as the REST API shows it, ``deadline``); the channels are the synchronous notifiers, run in a
-    thread (the Task SDK's Variable/Connection lookups work from there)."""
+    thread (the Task SDK's Variable/Connection lookups work from there). A run that has already ended failed
+    (its failure alert went out and its rollback took over) raises no overrun alert: the deadline of a failed run
+    is not pruned, so the scheduler still fires it when the window's length is up."""
     import asyncio
 
     return await asyncio.to_thread(_deadline_alert, window, window_text, context or {})
 
 
+def _live_dagrun_state(dag_id: str, run_id: str) -> str | None:
+    """The run's state now, asked through the Task SDK (the triggerer answers it); None when nobody answers."""
+    try:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        state = RuntimeTaskInstance.get_dagrun_state(dag_id=dag_id, run_id=run_id)
+    except Exception as exc:  # no supervisor to ask: the context's state is all there is
+        log.debug("cannot ask Airflow for the state of %s/%s: %s", dag_id, run_id, exc)
+        return None
+    return str(state).lower().rsplit(".", 1)[-1] if state else None
+
+
+def run_ended_failed(dag_id: str, run_id: str, run: dict[str, Any]) -> bool:
+    """Whether the run has ended failed: by the state the scheduler saw when the deadline passed (the context's
+    ``dag_run``) or, that one still running, by its state now."""
+    state = str(run.get("state") or "").lower()
+    if state in ("failed", "success"):
+        return state == "failed"
+    return _live_dagrun_state(dag_id, run_id) == "failed"
+
+
 def _deadline_alert(window: str, window_text: str, context: dict[str, Any]) -> str:
     run = dict(context.get("dag_run") or {})
     dag_id, run_id = str(run.get("dag_id")), str(run.get("dag_run_id") or run.get("run_id"))
+    if run_ended_failed(dag_id, run_id, run):
+        note = f"{dag_id} run {run_id} already ended failed (alerted, rollback triggered): no window-overrun alert"
+        log.info(note)
+        return note
     cluster = (run.get("conf") or {}).get("postgres_conn_id")
     deadline = (context.get("deadline") or {}).get("deadline_time")
     detail = {

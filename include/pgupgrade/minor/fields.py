@@ -46,7 +46,8 @@ FIELDS: list[Field] = [
         default="",
         title="Target version",
         description="The minor release to run, e.g. 15.20: the same major as the running server, newer unless "
-        "allow_downgrade.",
+        "allow_downgrade. Installer bindir: may be left empty, the plan takes new_bindir's postgres --version; "
+        "when given, it must be new_bindir's version. Required by apt and command.",
         section="Installer",
         kind="version",
     ),
@@ -55,8 +56,8 @@ FIELDS: list[Field] = [
         type="string",
         default="",
         title="New bin directory",
-        description="installer bindir only: the bin directory of the target release (its postgres --version must be "
-        "the target).",
+        description="installer bindir only: the bin directory of the target release (its postgres --version is "
+        "the target; target_version, when given, must agree).",
         section="Installer",
         kind="abs_path",
     ),
@@ -99,9 +100,13 @@ _MINOR_RE = re.compile(r"^\d{1,2}\.\d{1,3}$")
 
 def validate_params(conf: dict[str, Any]) -> dict[str, Any]:
     p: dict[str, Any] = dict(validate(FIELDS, conf))
-    if not p["target_version"]:
-        raise ConfigError("target_version", "is required: the minor release to run, e.g. 15.20")
-    if not _MINOR_RE.match(p["target_version"]):
+    if not p["target_version"] and p["installer"] != Installer.BINDIR:
+        raise ConfigError(
+            "target_version",
+            f"is required by installer {p['installer']}: the minor release to run, e.g. 15.20 (only installer "
+            "bindir takes it from new_bindir)",
+        )
+    if p["target_version"] and not _MINOR_RE.match(p["target_version"]):
         raise ConfigError("target_version", f"must be major.minor like 15.20, got {p['target_version']!r}")
     if p["installer"] == Installer.BINDIR and not p["new_bindir"]:
         raise ConfigError("new_bindir", "is required by installer bindir: the bin directory of the target release")

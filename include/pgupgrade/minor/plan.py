@@ -150,7 +150,7 @@ def plan(ctx: RunContext, install_command: Any = None) -> MinorPlan | plans.Alre
 
     install_command: the admin's configuration for installer command (the Airflow Variable's JSON)."""
     p, c = ctx.params, ctx.cluster
-    target = versions.Version.parse(p["target_version"])
+    target, new_inst = _target(ctx)
     num, version_text = server_version(ctx)
     running = versions.Version.from_num(num)
     _check_target(running, target, allow_downgrade=p["allow_downgrade"])
@@ -161,7 +161,7 @@ def plan(ctx: RunContext, install_command: Any = None) -> MinorPlan | plans.Alre
     dbs = facts.user_databases(c)
     new_bindir, apt, command = bindir_now, None, None
     if installer is Installer.BINDIR:
-        new_bindir = _plan_bindir(ctx, target, dbs)
+        new_bindir = _plan_bindir(ctx, new_inst, dbs)
     elif installer is Installer.APT:
         apt = _plan_apt(ctx, bindir_now, running, target)
     else:
@@ -188,6 +188,36 @@ def plan(ctx: RunContext, install_command: Any = None) -> MinorPlan | plans.Alre
         warnings=warnings,
         outage_estimate_s=OUTAGE_ESTIMATE_S[installer],
     )
+
+
+def _target(ctx: RunContext) -> tuple[versions.Version, versions.Installation | None]:
+    """The release to run — target_version, or for installer bindir without it new_bindir's ``postgres --version``
+    (asked through the host runner) — and for installer bindir new_bindir's installation. A target_version that
+    disagrees with new_bindir is refused, naming both."""
+    p = ctx.params
+    if p["installer"] != Installer.BINDIR:
+        return versions.Version.parse(p["target_version"]), None  # validate_params: required by apt and command
+    new_bindir = p["new_bindir"]
+    if not exists(ctx.host, f"{new_bindir}/postgres"):
+        what = f"PostgreSQL {p['target_version']}" if p["target_version"] else "the target release"
+        raise PlanError(f"new_bindir {new_bindir} has no postgres program: {what} is not installed there")
+    new_inst = versions.inspect(new_bindir, ctx.host)
+    found = new_inst.version
+    if not p["target_version"]:
+        log.info("target_version not given: new_bindir %s is PostgreSQL %s, the target", new_bindir, found)
+        return found, new_inst
+    target = versions.Version.parse(p["target_version"])
+    if found.major != target.major:
+        raise PlanError(
+            f"new_bindir {new_bindir} is PostgreSQL {found}, another major than the target_version {target}: a "
+            f"major upgrade needs pg_upgrade (pg{target.major}_to_pg{found.major}_upgrade)"
+        )
+    if found != target:
+        raise PlanError(
+            f"target_version {target} disagrees with new_bindir {new_bindir}, which is PostgreSQL {found}: name the "
+            f"bin directory of {target}, or leave target_version empty to run {found}"
+        )
+    return target, new_inst
 
 
 def _check_target(running: versions.Version, target: versions.Version, *, allow_downgrade: bool) -> None:
@@ -228,27 +258,20 @@ def _method_reason(installer: Installer, running: versions.Version, target: vers
     return f"the admin's install command for {target}; the rollback runs it for {running}"
 
 
-def _plan_bindir(ctx: RunContext, target: versions.Version, dbs: list[str]) -> str:
-    """Installer bindir: new_bindir holds exactly the target, with every extension the cluster uses."""
-    c, host, new_bindir = ctx.cluster, ctx.host, ctx.params["new_bindir"]
+def _plan_bindir(ctx: RunContext, new_inst: versions.Installation | None, dbs: list[str]) -> str:
+    """Installer bindir: new_bindir (exactly the target, checked by ``_target``) has every extension the cluster
+    uses."""
+    c, host = ctx.cluster, ctx.host
+    if new_inst is None:
+        raise UnsafeState("installer bindir planned without new_bindir's installation")
     if c.service != "pg_ctl":
         raise PlanError(
             f"installer bindir restarts the cluster with pg_ctl from another bin directory; service "
             f"{c.service!r} decides the binaries itself: use installer apt or command"
         )
-    if not exists(host, f"{new_bindir}/postgres"):
-        raise PlanError(f"new_bindir {new_bindir} has no postgres program: PostgreSQL {target} is not installed there")
-    new_inst = versions.inspect(new_bindir, host)
-    if new_inst.major != target.major:
-        raise PlanError(
-            f"new_bindir {new_bindir} is PostgreSQL {new_inst.version}, another major than the target "
-            f"{target}: a major upgrade needs pg_upgrade (pg{target.major}_to_pg{new_inst.major}_upgrade)"
-        )
-    if new_inst.version != target:
-        raise PlanError(f"new_bindir {new_bindir} is PostgreSQL {new_inst.version}, not the target {target}")
     missing = checks.missing_extensions(c, dbs, new_inst, host)
     if missing:
-        raise PlanError(f"the {target} installation lacks extensions the cluster uses: " + "; ".join(missing))
+        raise PlanError(f"the {new_inst.version} installation lacks extensions the cluster uses: " + "; ".join(missing))
     return str(new_inst.bindir)
 
 
