@@ -13,6 +13,9 @@ from typing import Any, Protocol
 from pgupgrade.cluster import Cluster
 from pgupgrade.sql import connect, fetch_named, psql
 
+# pg_hba.conf lines the gate adds end with this comment: removed when the gate opens, never carried to a new cluster
+GATE_MARK = "# pgupgrade-gate"
+
 
 class ClientGate(Protocol):
     """Who may connect to one cluster."""

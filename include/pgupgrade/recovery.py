@@ -144,9 +144,7 @@ def restore_base(old: Cluster, host: Host, bridge: dict[str, Any], aside: str) -
                  user=user, timeout=3600)  # fmt: skip
     carry_config_from(aside, old, host)
     sock = services.socket_path(f"{old.datadir}/rollback")
-    private = replace(
-        services.private_cluster(old, old.datadir, old.bindir, sock, host), service="pg_ctl", confdir=old.confdir
-    )
+    private = services.private_cluster(old, old.datadir, old.bindir, sock, host)
     services.start_private(private, host, sock)
     try:
         with connect(private) as conn:

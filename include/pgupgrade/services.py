@@ -19,8 +19,11 @@ log = logging.getLogger(__name__)
 def private_cluster(cluster: Cluster, datadir: str, bindir: str, socket_dir: str, host: Host) -> Cluster:
     """The same cluster where only this run reaches it: its private socket directory; on a remote database host
     also 127.0.0.1 there, at a port of its own (never the port clients use, which a pooler on the database host
-    may target), forwarded to the worker over the host runner's SSH connection."""
-    private = replace(cluster, bindir=bindir, datadir=datadir, host=socket_dir, confdir=None)
+    may target), forwarded to the worker over the host runner's SSH connection. Always started by ``pg_ctl``
+    with private options (a unit or ``pg_ctlcluster`` takes none, and would start the cluster it is registered
+    for); the configuration directory is kept for the same data directory (Debian keeps it in /etc)."""
+    confdir = cluster.confdir if datadir == cluster.datadir else None
+    private = replace(cluster, bindir=bindir, datadir=datadir, host=socket_dir, confdir=confdir, service="pg_ctl")
     return reachable(private, host, private_port(datadir))
 
 
@@ -58,10 +61,12 @@ def make_socket_dir(host: Host, path: str, user: str) -> str:
 
 
 def start_private(cluster: Cluster, host: Host, socket_dir: str) -> None:
+    """Starts the cluster where only this run reaches it, archiving off: a server that may still be rolled back
+    (or the old one read privately) never pushes WAL into the production archive."""
     make_socket_dir(host, socket_dir, cluster.os_user)
     service_for(cluster, host).start(
         options=f"-c listen_addresses={listen_addresses(cluster)} -c unix_socket_directories='{socket_dir}' "
-        f"-c port={int(cluster.port)}"
+        f"-c port={int(cluster.port)} -c archive_mode=off -c restore_command=''"
     )
 
 
