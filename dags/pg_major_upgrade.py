@@ -24,36 +24,48 @@ copy and dump/restore time with the data size. The plan prints its estimate; the
 ## Steps
 1. **plan** — `check_rollback_dag`, `validate_params`, `acquire_lock` (per cluster), `plan` (support matrix,
    blockers, extensions in the new installation, disk space, `pg_upgrade --check` against a throwaway cluster
-   that matches the old one, method and outage estimate), `dry_run_gate`.
+   that matches the old one, method and outage estimate), `dry_run_gate`, `approve_blockers` (ends at once
+   unless the plan found blockers that an `ack_*` param can acknowledge and the conf did not: then a person
+   approves in the Airflow UI — *Required actions* — or the run ends failed, before any change, on reject or
+   after `decision_timeout_s`; who decided is in the journal and the report).
 2. **prepare** — `backup` (globals + `pg_dump -Fd -j N` per database, verified, checksummed; in link and swap
    mode also a base backup, `pg_basebackup -X stream`, checked with `pg_verifybackup`, which creates the
    replication slot `pgupgrade_rollback_wal` so the old cluster keeps its WAL from then on: once the new
    cluster has started, the rollback rebuilds the old one from that backup plus that WAL, every write up to the
    stop included), `rehearsal`.
 3. **stop** — `window_guard`, `init_new` (initdb of the new cluster matching the old one, before the outage),
-   `stop_applications` (admin hook), `notify_outage_start`, `block_logins` (new
-   logins refused; connected clients keep working), sensors `wait_no_clients` (until they leave, at most
-   `terminate_after_s`) and `wait_queue_empty`.
+   `stop_applications` (admin hook), `notify_outage_start`, `block_logins` (`pg_hba.conf` rejects every login
+   role but the tool's own, by a reload: no catalog change; connected clients keep working), sensors
+   `wait_no_clients` (until they leave, at most `terminate_after_s`) and `wait_queue_empty`.
 4. **upgrade** — `choose_method` branches to `pg_upgrade` (link | copy | clone | swap) or `dump_restore`. Either
    branch is **one task running the outage-critical steps in one process**, each journaled under its own name:
-   `terminate_clients` (whoever is left after the grace period; then waits for the queue to be empty),
-   `snapshot_facts`, `stop_old` then `pg_upgrade` | `dump_restore` (from the old cluster while it still runs
-   with logins blocked and no client left, uncompressed) then `stop_old`, `configure_new` (configuration carried over
-   correctly), `start_new_private` (private socket, no TCP), `update_extensions` (pg_upgrade's
+   `terminate_clients` (the old cluster restarted where only the run reaches it — private socket, no client
+   TCP: every session left after the grace period ends, whatever role it uses, the tool's own superuser
+   included, and none comes back until the opening; then waits for the queue to be empty), `snapshot_facts`,
+   `stop_old` then `pg_upgrade` | `dump_restore` (from the old cluster while it still runs privately,
+   uncompressed) then `stop_old`, `configure_new` (configuration carried over correctly), `start_new_private`
+   (private socket, no TCP), `update_extensions` (pg_upgrade's
    `update_extensions.sql`, metadata, triggers firing), `validate_facts`, `health_check`, `open_to_clients` (old
    port and sockets; logins given back). Why one task: each task hand-off costs 1-3 s of scheduling and process
    start-up, and ten of them inside the outage would triple it (see docs/benchmarks.md). The trade-off: these
    steps cannot be cleared one by one in the UI — after a failure the rollback DAG decides from the journal.
 5. **after** (clients are back) — `start_applications` (admin hook), `app_health` (polls the admin-configured URL
    in Variable `pgupgrade_app_health` until it answers `expect_status`; still unhealthy after `timeout_s` → the
-   run fails and is rolled back; not configured → skipped with a message), `refresh_tviews`, `analyze`
-   (`vacuumdb --analyze-in-stages`, built to run with clients connected), `performance`.
+   run fails; not configured → skipped with a message), `refresh_tviews`, `analyze`
+   (`vacuumdb --analyze-in-stages`, built to run with clients connected), `performance`; beside them
+   `collations` (REINDEX CONCURRENTLY of the indexes the plan names on collations whose version changed, then
+   their versions refreshed; nothing when every version is equal) and
+   `archiving` (pgBackRest: `check` and a new full backup, its `stanza-upgrade` having run at opening; other tools:
+   the admin's `archiving` hook; a failure alerts, never rolls back; see docs/deploying.md).
 6. **report** — JSON + Markdown.
 
 ## Rollback
-Any failed task → `handover_lock` → `trigger_rollback` starts `pg_major_upgrade_rollback` with run id
-`rollback__<run_id>`; `finish` then fails the run. The DAG-level failure callback triggers the same run id
-through the REST API as a backstop. The rollback DAG decides its path from the journal and the old data
+A failure after `open_to_clients` alerts loudly (`failed_after_open`) and leaves the validated new version
+serving (`after_open_failure=alert`, the default; `rollback` asks for the rollback instead); the rollback DAG
+stays available by hand. Before the opening, any failed task → `handover_lock` → `trigger_rollback` starts
+`pg_major_upgrade_rollback` with run id `rollback__<run_id>`; `finish` then fails the run. The DAG-level
+failure callback triggers the same run id through the REST API as a backstop. The rollback DAG decides its
+path from the journal and the old data
 directory (see its own documentation).
 
 ## Alerts
@@ -85,16 +97,34 @@ from typing import Any
 
 from airflow.sdk import DAG, TaskGroup, TriggerRule, task
 
-from pgupgrade import clients, entities
-from pgupgrade.airflow import app_health, failure, notifiers, tasks
+from pgupgrade import archiving, clients, decisions, entities
+from pgupgrade.airflow import app_health, failure, hitl, notifiers, tasks
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import schedule as sched
 from pgupgrade.airflow import windows as aw
+from pgupgrade.context import RunContext
+from pgupgrade.errors import ConfigError
 from pgupgrade.major import after, cutover, fields, prepare
 from pgupgrade.major import plan as major_plan
 from pgupgrade.major.model import MajorPlan, Method
+from pgupgrade.major.transfer import new_cluster
 
 ROLLBACK_DAG_ID = "pg_major_upgrade_rollback"
+
+
+def archive_after_open(ctx: RunContext) -> dict[str, Any]:
+    """Archiving after opening (pgupgrade.archiving.after_open); alerts instead of failing the task."""
+    hook, hook_error = None, None
+    try:
+        hook = tasks.admin_hook(archiving.HOOK)
+    except ConfigError as exc:  # a misconfigured hook must not fail the task: the cluster is open
+        hook_error = str(exc)
+    res = archiving.after_open(ctx, new_cluster(ctx, ctx.plan(MajorPlan), private=False), hook, hook_error)
+    if res["needs_attention"]:
+        notifiers.send(
+            "archiving_failed", ctx.dag_id, ctx.run_id, ctx.cluster.name, None, detail={"archiving": res["summary"]}
+        )
+    return res
 
 
 def build(from_major: int | None, to_major: int | None) -> DAG:
@@ -120,9 +150,18 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 fields=F,
                 spec=spec,
                 rollback_dag_id=ROLLBACK_DAG_ID,
-                make_plan=major_plan.plan,
+                make_plan=hitl.with_asking(major_plan.plan),
                 plan_doc="Support matrix, blockers, extensions, space, method, estimate. No side effects.",
                 cross_checks=fields.cross_checks,
+            )
+            gate >> hitl.DecisionApproval(
+                task_id="approve_blockers",
+                fields=F,
+                spec=spec,
+                question=lambda rc, asking: decisions.blockers_decision(rc.state.load("plan"), rc.params),
+                reject_error="the upgrade was not approved; nothing was changed",
+                doc_md="A person approves going ahead despite the plan's acknowledgeable blockers (standbys, slots, "
+                "subscriptions) the ack_* params did not acknowledge; ends at once when there are none.",
             )
 
         with TaskGroup("prepare") as g_prepare:
@@ -159,7 +198,11 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 lambda ctx: notifiers.send("outage_start", ctx.dag_id, ctx.run_id, ctx.cluster.name, None),
                 "Alerts the configured channels (Variable pgupgrade_notify) that the outage starts.",
             )
-            block = step("block_logins", clients.block_logins, "NOLOGIN for every login role but ours (recorded).")
+            block = step(
+                "block_logins",
+                clients.block_logins,
+                "pg_hba.conf rejects every login role but ours (reload; recorded).",
+            )
             no_clients = tasks.sensor_task(
                 "wait_no_clients",
                 clients.clients_gone,
@@ -220,7 +263,22 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
             rf = step("refresh_tviews", after.refresh_tviews, "Refresh every TVIEW (force).")
             an = step("analyze", after.analyze, "vacuumdb --analyze-in-stages.")
             pf = step("performance", after.performance, "TVIEW scan times vs before.")
+            arch = step(
+                "archiving",
+                archive_after_open,
+                "pgBackRest: check and a new full backup (no point-in-time recovery for the new major before it); "
+                "other tools: the admin's 'archiving' hook (Variable pgupgrade_hooks) on the database host. A "
+                "failure alerts and never rolls the open cluster back.",
+            )
+            co = step(
+                "collations",
+                after.rebuild_collation_indexes,
+                "REINDEX CONCURRENTLY the indexes on collations whose version changed in the new installation (the "
+                "plan names them), then refresh the recorded versions; nothing when every version is equal.",
+            )
             start_apps >> check_apps >> rf >> an >> pf
+            check_apps >> co
+            check_apps >> arch
 
         rep = step("report", lambda ctx: after.write_report(ctx, "success"), "JSON + Markdown report.")
         g_plan >> g_prepare >> g_stop >> g_upgrade >> g_after >> rep

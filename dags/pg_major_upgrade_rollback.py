@@ -3,7 +3,7 @@
 
 Triggered automatically (run id `rollback__<upgrade run id>`) when any task of `pg15_to_pg16_upgrade`,
 `pg16_to_pg17_upgrade` or `pg17_to_pg18_upgrade` fails, or by hand after a successful run while its backup
-exists (`accept_data_loss` is then required: clients have written to the new cluster).
+exists (clients have written to the new cluster: a person decides in the Airflow UI, or `accept_data_loss`).
 
 ## Prerequisites
 The upgrade run's state directory (journal, plan, facts, backup manifest). Unpaused on creation.
@@ -24,11 +24,18 @@ The upgrade run's state directory (journal, plan, facts, backup manifest). Unpau
      so every write up to the stop is back; without that WAL (e.g. the old directory deleted), initdb the old
      major and restore the logical backup, refused when data changed after it unless `accept_data_loss`.
      The rebuild copies the base backup (kept for a retry): refused first when its size is not free there.
-     Refused too, whatever the way, when clients wrote into the opened new cluster, unless `accept_data_loss`.
-3. `bring_back_old` or `restore_from_backup` (logins stay blocked), then `verify_old`: the old version serves
+     When clients wrote into the opened new cluster (whatever the way), their logins are given back and a person
+     decides next — unless `accept_data_loss` answered beforehand.
+3. `choose_path` — follows the path; when clients wrote into the opened new cluster, a person decides first in
+   the Airflow UI (*Required actions*, or the REST API's `hitlDetails`; the new version serves meanwhile):
+   **discard the writes and roll back** (the loss accepted, with who accepted it, goes to the report), or **keep
+   the new version serving** — also taken when nobody answers within `decision_timeout_s`: `keep_new` ends the
+   run failed with nothing changed (lock released). Under `airflow dags test` nobody can answer: `assess` refuses
+   (as without this question) unless `accept_data_loss`.
+4. `bring_back_old` or `restore_from_backup` (logins stay blocked), then `verify_old`: the old version serves
    with facts equal to the snapshot taken before the stop; the WAL-keeping slot is dropped; only then are
    logins given back.
-4. `report`; `finish` releases the lock — or, when the rollback itself failed, keeps it marked *needs
+5. `report`; `finish` releases the lock — or, when the rollback itself failed, keeps it marked *needs
    attention* so no run touches the cluster until a person has looked.
 
 ## Trigger by hand
@@ -42,13 +49,13 @@ from typing import Any
 
 from airflow.sdk import TriggerRule, task
 
-from pgupgrade import recovery
+from pgupgrade import decisions, recovery
 from pgupgrade.airflow import context as airflow_context
 from pgupgrade.airflow import dags as ad
-from pgupgrade.airflow import failure, tasks
+from pgupgrade.airflow import failure, hitl, tasks
 from pgupgrade.major import rollback
 
-F = recovery.FIELDS
+F = [*recovery.FIELDS, decisions.DECISION_TIMEOUT]
 
 
 def _step(task_id: str, fn: Any, doc: str, **kw: Any) -> Any:
@@ -74,19 +81,39 @@ with ad.rollback_dag(
         "Takes the cluster lock over from the upgrade run.",
     )
 
-    @task.branch(task_id="assess", doc_md="Chooses the path from the journal and the old data directory.")
+    @task(task_id="assess", doc_md="Decides the path from the journal and the old data directory.")
     def assess() -> str:
         ctx = airflow_context.run_context(F)
         decision = tasks.journaled(
             ctx.state,
             "assess",
             lambda: rollback.decide(
-                ctx.upgrade_run, ctx.cluster, ctx.host, accept_data_loss=ctx.params["accept_data_loss"]
+                ctx.upgrade_run,
+                ctx.cluster,
+                ctx.host,
+                accept_data_loss=ctx.params["accept_data_loss"],
+                ask=hitl.can_ask(),
             ),
         )
         ctx.state.save("decision", decision)
         print(f"rollback path: {decision['path']} — {decision['why']}")
-        return "restore_from_backup" if decision["path"] == rollback.RollbackPath.RESTORE_BACKUP else "bring_back_old"
+        return str(decision["path"])
+
+    choose = hitl.DataLossDecision(
+        task_id="choose_path",
+        fields=F,
+        path_task=lambda d: (
+            "restore_from_backup" if d["path"] == rollback.RollbackPath.RESTORE_BACKUP else "bring_back_old"
+        ),
+        keep_task="keep_new",
+        doc_md="Follows the path; a person decides first when clients wrote to the opened new cluster (discard "
+        "their writes, or keep the new version serving: also the timeout's choice).",
+    )
+    keep = _step(
+        "keep_new",
+        lambda ctx: decisions.keep_new_serving(ctx.state),
+        "The writes after opening are kept: the run ends failed, nothing changed; the new version serves on.",
+    )
 
     back = _step(
         "bring_back_old",
@@ -100,13 +127,13 @@ with ad.rollback_dag(
             ctx.cluster,
             ctx.host,
             accept_data_loss=ctx.params["accept_data_loss"],
-            opened_changes=ctx.state.load("decision").get("opened_changes"),
+            opened_changes=decisions.opened_changes_to_weigh(ctx.state.load("decision")),
         ),
         "Old data directory moved aside; rebuilt from the base backup + its WAL, or initdb + logical backup.",
     )
     verify = _step(
         "verify_old",
-        lambda ctx: rollback.verify_old(ctx.upgrade_run, ctx.cluster),
+        lambda ctx: rollback.verify_old(ctx.upgrade_run, ctx.cluster, ctx.host),
         "The old version serves with facts equal to the snapshot; then logins are given back.",
         trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
     )
@@ -117,5 +144,7 @@ with ad.rollback_dag(
         trigger_rule=TriggerRule.ALL_DONE,
     )
 
-    finish = failure.rollback_finish(F, read_only=frozenset({"assess"}))
-    validate >> lock >> assess() >> [back, restore] >> verify >> report >> finish
+    finish = failure.rollback_finish(F, read_only=frozenset({"assess", "choose_path", "keep_new"}))
+    validate >> lock >> assess() >> choose >> [back, restore, keep]
+    [back, restore] >> verify >> report >> finish
+    keep >> report

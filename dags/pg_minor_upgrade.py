@@ -164,7 +164,9 @@ with ad.upgrade_dag(
             lambda ctx: aw.window_guard(ctx, ctx.plan(minor_plan.MinorPlan).outage_estimate_s),
             "Refuses to start the outage when the estimate does not fit the window.",
         )
-        block = step("block_logins", clients.block_logins, "NOLOGIN for every login role but ours (recorded).")
+        block = step(
+            "block_logins", clients.block_logins, "pg_hba.conf rejects every login role but ours (reload; recorded)."
+        )
         no_clients = sensor(
             "wait_no_clients",
             clients.clients_gone,

@@ -68,3 +68,14 @@ def register_connection(cluster: Cluster, conn_id: str | None = None) -> str:
     name, value = connection_env(cluster, conn_id)
     os.environ[name] = value
     return conn_id or cluster.name
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The full tier (marker ``full``) runs only with PGUPGRADE_RELIABILITY_FULL=1: CI runs one case of each
+    acceptance item, the full tier every combination."""
+    if os.environ.get("PGUPGRADE_RELIABILITY_FULL") == "1":
+        return
+    skip = pytest.mark.skip(reason="full tier: PGUPGRADE_RELIABILITY_FULL=1 runs it")
+    for item in items:
+        if item.get_closest_marker("full"):
+            item.add_marker(skip)

@@ -22,6 +22,7 @@ from pgupgrade.commands import LocalHost
 from pgupgrade.scratch import InitdbOptions, create_cluster, write_settings
 from pgupgrade.sql import connect
 from pgupgrade.state import ClusterLock, FileRunStore, state_root
+from pgupgrade.state.control import ControlStore
 
 HOST = LocalHost()
 OS_USER = "postgres"
@@ -385,6 +386,31 @@ def _probe_loop(
         out.put(None)
 
 
+def control_store(cluster: Cluster, db: str, *, create: bool = False, root: Path | None = None) -> ControlStore:
+    """The control-database store in database ``db`` of a test cluster (``create``: the database first)."""
+    if create:
+        with connect(cluster) as conn, conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{db}"')
+    info = cluster.conninfo(db)
+    info.pop("application_name", None)
+    return ControlStore(info, root=root) if root else ControlStore(info)
+
+
 def lock_of(cluster: Cluster, root: Path | None = None) -> ClusterLock:
     """The file store's lock of a cluster on this machine, under the key the runs use."""
     return FileRunStore(root or state_root()).cluster_lock(identity.lock_key(cluster, HOST))
+
+
+def ensure_locale(name: str = "fr_FR.UTF-8") -> str:
+    """A libc locale the servers can use: generated with localedef when ``locale -a`` lacks it (as root, into the
+    system's locale archive; idempotent). Returns the name."""
+
+    def have() -> bool:
+        listed = HOST.run(["locale", "-a"]).stdout.split()
+        return name.lower().replace("utf-8", "utf8") in {n.lower() for n in listed}
+
+    if not have():
+        lang, charmap = name.split(".", 1)
+        HOST.run(["localedef", "-i", lang, "-f", charmap, name], timeout=120)
+    assert have(), f"locale {name} missing after localedef"
+    return name

@@ -17,6 +17,7 @@ non-root OS user ``airflow``.
 
 from __future__ import annotations
 
+import ctypes
 import grp
 import json
 import os
@@ -106,6 +107,12 @@ def hidden_ancestor(path: Path) -> Path | None:
     return None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the parent thread ends (``unshare --kill-child`` passes it on)."""
+    if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) != 0:  # PR_SET_PDEATHSIG
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+
+
 @dataclass(frozen=True)
 class Tmpfs:
     path: str
@@ -120,12 +127,20 @@ class Namespace:
     ``tmpfs``: directories the host keeps to itself (empty at start). ``keep``: paths that stay visible as in the
     main file system (bind-mounted back) although a tmpfs above would hide them — e.g. the checkout under a
     mode-700 /root, whose topmost closed directory gets a mode-755 tmpfs. ``files``: files replaced in the
-    namespace only (path → content)."""
+    namespace only (path → content). ``setup``: shell lines run after the mounts (as root, in the namespace).
+    ``init``: a shell command the namespace's PID 1 execs once set up (default: a bash loop reaping orphans).
+    ``cgroup``: a cgroup v2 directory (made here) the namespace lives in, with a cgroup namespace rooted there.
+    ``die_with_parent``: the namespace is killed when the thread that started it ends (the test process killed
+    without its teardown), rather than left running."""
 
     hostname: str
     tmpfs: list[Tmpfs] = field(default_factory=list)
     keep: list[Path] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    setup: list[str] = field(default_factory=list)
+    init: str | None = None
+    cgroup: Path | None = None
+    die_with_parent: bool = False
     proc: subprocess.Popen[bytes] | None = None
     pid: int = 0  # the namespace's PID 1, as the main PID namespace sees it
     staging: Path | None = None
@@ -162,12 +177,9 @@ class Namespace:
                 f"mount -c --bind /proc/self/fd/{10 + i} {q(str(path))}",
             ]
             lines.append(f"exec {10 + i}<&-")
-        lines += [
-            "echo ready",
-            "exec >/dev/null 2>&1 </dev/null",
-            # PID 1: orphans (daemonized servers) are reparented here; bash reaps them on SIGCHLD
-            "while :; do sleep 3600 & wait $! || true; done",
-        ]
+        lines += [*self.setup, "echo ready", "exec >/dev/null 2>&1 </dev/null"]
+        # PID 1: orphans (daemonized servers) are reparented here; bash reaps them on SIGCHLD
+        lines.append(self.init or "while :; do sleep 3600 & wait $! || true; done")
         return "\n".join(lines)
 
     def start(self, timeout: float = 30) -> Namespace:
@@ -179,17 +191,22 @@ class Namespace:
             os.chown(dst, st.st_uid, st.st_gid)
             os.chmod(dst, stat.S_IMODE(st.st_mode))
         argv = ["unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc", "--propagation", "private"]
+        if self.cgroup is not None:  # joined before unshare: the new cgroup namespace is rooted there
+            self.cgroup.mkdir()
+            argv = ["sh", "-c", 'echo $$ >"$0/cgroup.procs" && exec "$@"', str(self.cgroup), *argv, "--cgroup"]
         self.proc = subprocess.Popen(
             [*argv, "--kill-child=SIGKILL", "bash", "-c", self._script()],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # the setup's "ready" (or EOF when it failed)
         if line.strip() != b"ready":
             err = self.proc.stderr.read().decode() if self.proc.stderr else ""
             self.proc.wait(10)
+            shutil.rmtree(self.staging, ignore_errors=True)
             raise RuntimeError(f"namespace {self.hostname}: setup failed: {err}")
         self.pid = _wait(lambda: next(iter(_children(self.proc.pid)), 0) if self.proc else 0, timeout, "ns pid 1")
         shutil.rmtree(self.staging, ignore_errors=True)  # bind mounts keep what they need
@@ -335,24 +352,32 @@ class SecondHost:
         )
         os.chown(self.key_file, owner.pw_uid, owner.pw_gid)  # 0600: the worker user's, and root's
         db = pwd.getpwnam(DB_USER)
-        self.ns = Namespace(
-            self.hostname,
-            tmpfs=[
-                Tmpfs("/tmp", "1777"),
-                Tmpfs("/var/run/postgresql", "2775", DB_USER),
-                Tmpfs(db.pw_dir, "0755", DB_USER),
-            ],
-            files={
-                "/etc/hosts": f"127.0.0.1 localhost\n{self.address} {self.hostname}\n",
-            },
-        ).start()
         try:
+            self.ns = self._namespace(db.pw_dir).start()
             self._start_sshd(db.pw_dir)
         except BaseException:
             self.stop()
             raise
         self._next_port = 57000 + (os.getpid() % 400) * 4
         return self
+
+    def _namespace(self, db_home: str) -> Namespace:
+        return Namespace(
+            self.hostname,
+            tmpfs=[
+                Tmpfs("/tmp", "1777"),
+                Tmpfs("/var/run/postgresql", "2775", DB_USER),
+                Tmpfs(db_home, "0755", DB_USER),
+            ],
+            files={
+                "/etc/hosts": f"127.0.0.1 localhost\n{self.address} {self.hostname}\n",
+            },
+        )
+
+    def _launch_sshd(self, argv: list[str]) -> None:
+        """Starts sshd (argv: its program, config and log options) inside the host."""
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory (systemd makes it)
+        self.run(argv)  # daemonizes (child of the ns's PID 1)
 
     def _start_sshd(self, db_home: str) -> None:
         self.ssh_port = free_port()
@@ -373,8 +398,7 @@ class SecondHost:
             "LogLevel VERBOSE\nSetEnv SHLVL=1\n"  # SHLVL: see tests/integration/test_ssh_host.py
         )
         self.run(["tee", f"{d}/sshd_config"], stdin=config)
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory (systemd makes it)
-        self.run([SSHD, "-f", f"{d}/sshd_config", "-E", f"{d}/sshd.log"])  # daemonizes (child of the ns's PID 1)
+        self._launch_sshd([SSHD, "-f", f"{d}/sshd_config", "-E", f"{d}/sshd.log"])
         _wait(lambda: port_open(self.address, self.ssh_port), 10, f"sshd on {self.address}:{self.ssh_port}")
 
     @property

@@ -175,7 +175,19 @@ def take_base(cluster: Cluster, host: Host, dest: str, *, slot: str = ROLLBACK_S
     The slot is dropped again when the backup fails; a leftover of an earlier run is dropped first."""
     user = cluster.os_user
     drop_slot(cluster, slot)
-    argv = [cluster.bin("pg_basebackup"), "-D", dest, "-X", "stream", "-c", "fast", "-C", "-S", slot]
+    with connect(cluster) as conn:
+        spaces = [
+            {
+                "oid": int(r["oid"]),
+                "name": r["spcname"],
+                "location": r["location"],
+                "copy": f"{dest}.tablespaces/{r['oid']}",
+            }
+            for r in fetch_named(conn, "tablespaces")
+        ]
+    argv = [cluster.bin("pg_basebackup"), "-D", dest, "-X", "stream", "-c", "fast", "-C", "-S", slot, "-w"]
+    # a plain-format backup writes each tablespace to its own location unless mapped: that is the live one
+    argv += [f"--tablespace-mapping={_escape_eq(t['location'])}={_escape_eq(t['copy'])}" for t in spaces]
     try:
         host.run(argv, user=user, env=cluster.libpq_env(), timeout=24 * 3600)
     except CommandError as exc:
@@ -191,8 +203,14 @@ def take_base(cluster: Cluster, host: Host, dest: str, *, slot: str = ROLLBACK_S
     label = _LABEL_RE.search(host.run(["cat", "--", f"{dest}/backup_label"], user=user).stdout)
     if not label:
         raise CheckFailed(f"{dest}/backup_label names no START WAL LOCATION")
-    size = host.run(["du", "-sb", "--", dest], user=user).stdout.split()[0]
-    return {"dir": dest, "slot": slot, "start_lsn": label["lsn"], "start_wal_file": label["file"], "bytes": int(size)}
+    sizes = host.run(["du", "-sbc", "--", dest, *(t["copy"] for t in spaces)], user=user).stdout.split()
+    return {"dir": dest, "slot": slot, "start_lsn": label["lsn"], "start_wal_file": label["file"],
+            "bytes": int(sizes[-2]), "tablespaces": spaces}  # fmt: skip
+
+
+def _escape_eq(path: str) -> str:
+    """A path in pg_basebackup's --tablespace-mapping=OLD=NEW, where "=" is written "\\="."""
+    return path.replace("=", "\\=")
 
 
 class BackupProvider(Protocol):
@@ -246,6 +264,22 @@ class BaseBackup:
         host.run(["rm", "-rf", "--", cluster.datadir], user=user)  # an earlier attempt (the old one is aside)
         host.run(["cp", "-a", "--", manifest["dir"], cluster.datadir], user=user)
         host.run(["rm", "-f", "--", f"{cluster.datadir}/backup_manifest"], user=user)
+        for space in manifest.get("tablespaces", []):
+            _restore_tablespace(cluster, host, space)
+
+
+def _restore_tablespace(cluster: Cluster, host: Host, space: dict[str, Any]) -> None:
+    """A tablespace's copy in the base backup back at its location: the version directory there (which link or
+    swap mode shares with the new cluster) is moved aside, never deleted, the copy's put in its place and the
+    rebuilt data directory's pg_tblspc link pointed at the location again (the backup's copy is never changed)."""
+    user, loc = cluster.os_user, space["location"]
+    for name in host.run(["ls", "--", space["copy"]], user=user).stdout.split():
+        if host.run(["test", "-e", f"{loc}/{name}"], check=False).exit_code == 0:
+            aside = f"{loc}/{name}.failed-{now_iso().replace(':', '')}"
+            host.run(["mv", "--", f"{loc}/{name}", aside], user=user)
+            log.info("tablespace %s: moved %s/%s aside to %s", space["name"], loc, name, aside)
+        host.run(["cp", "-a", "--", f"{space['copy']}/{name}", f"{loc}/{name}"], user=user, timeout=24 * 3600)
+    host.run(["ln", "-sfn", "--", loc, f"{cluster.datadir}/pg_tblspc/{space['oid']}"], user=user)
 
 
 LOGICAL = LogicalBackup()

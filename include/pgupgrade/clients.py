@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Any
 
+from pgupgrade import services
 from pgupgrade.context import RunContext
 from pgupgrade.entities import queue_empty
 from pgupgrade.errors import CheckFailed
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def block_logins(ctx: RunContext) -> list[str]:
-    roles = sorted(set(ctx.state.load("blocked_roles", [])) | set(gate_for(ctx.cluster).block()))
+    roles = sorted(set(ctx.state.load("blocked_roles", [])) | set(gate_for(ctx.cluster, ctx.host).block()))
     ctx.state.save("blocked_roles", roles)
     ctx.state.record("logins_blocked", roles=roles)
     return roles
@@ -27,7 +28,7 @@ def block_logins(ctx: RunContext) -> list[str]:
 def clients_gone(ctx: RunContext) -> bool:
     """Sensor poke: no client sessions left, or the grace period (terminate_after_s) is over — the cutover then
     terminates whoever is left as its first act, so the clients' outage starts inside one task."""
-    sessions = gate_for(ctx.cluster).sessions()
+    sessions = gate_for(ctx.cluster, ctx.host).sessions()
     if not sessions:
         return True
     grace = ctx.params["terminate_after_s"]
@@ -49,28 +50,25 @@ def clients_gone(ctx: RunContext) -> bool:
 
 
 def terminate_clients(ctx: RunContext, databases: list[str]) -> dict[str, Any]:
-    """First step of the cutover: a checkpoint while clients still work, then terminate the sessions left after
-    the grace period, then wait (bounded by queue_wait_timeout_s) until no client is connected and the
-    extension's queue is empty."""
+    """First step of the cutover: a checkpoint while clients still work, then the cluster restarted where only
+    this run reaches it — every session left after the grace period ends, whatever role it uses (the tool's own
+    included), and none comes back until the cluster opens — then wait (bounded by queue_wait_timeout_s) until
+    the extension's queue is empty."""
     with connect(ctx.cluster) as conn:
         scalar_named(conn, "checkpoint")  # the shutdown checkpoint then has little left to write
     ctx.state.record("cutover_started")
-    gate = gate_for(ctx.cluster)
-    terminated = 0
-    if gate.sessions():
-        if ctx.params["terminate_after_s"] < 0:
-            raise CheckFailed("client sessions are connected and terminate_after_s is -1 (never terminate)")
-        terminated = gate.terminate()
-        ctx.state.record("clients_terminated", count=terminated)
-        log.warning("terminated %d client sessions", terminated)
+    left = gate_for(ctx.cluster, ctx.host).sessions()
+    if left and ctx.params["terminate_after_s"] < 0:
+        raise CheckFailed("client sessions are connected and terminate_after_s is -1 (never terminate)")
+    private = services.restart_private(ctx)
+    if left:
+        ctx.state.record("clients_terminated", count=len(left))
+        log.warning("the restart ended %d client sessions", len(left))
     deadline = time.monotonic() + ctx.params["queue_wait_timeout_s"]
-    while True:
-        left = gate.sessions()
-        if not left and queue_empty(ctx, databases):
-            return {"terminated": terminated}
+    while not queue_empty(ctx, databases, private):
         if time.monotonic() > deadline:
             raise CheckFailed(
-                f"{len(left)} client sessions or a non-empty queue after queue_wait_timeout_s="
-                f"{ctx.params['queue_wait_timeout_s']}s"
+                f"the queue is not empty after queue_wait_timeout_s={ctx.params['queue_wait_timeout_s']}s"
             )
         time.sleep(0.1)
+    return {"terminated": len(left)}

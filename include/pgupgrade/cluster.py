@@ -2,8 +2,9 @@
 
 A cluster is built from a postgres connection (Airflow's or a plain mapping) whose ``extra`` JSON carries
 ``pg_bindir``, ``pg_datadir``, ``os_user``, ``service`` (``pg_ctl`` | ``systemd:<unit>`` |
-``pg_ctlcluster <version> <name>``), optionally ``pg_confdir`` (configuration outside the data directory)
-and ``ssh_conn_id`` (absent: the worker is on the database host).
+``pg_ctlcluster <version> <name>``), optionally ``pg_confdir`` (configuration outside the data directory),
+``ssh_conn_id`` (absent: the worker is on the database host) and ``new_service`` (the unit a major upgrade's new
+cluster runs under, when the old one's is an admin-named systemd unit).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class Cluster:
     service: str = "pg_ctl"
     confdir: str | None = None
     ssh_conn_id: str | None = None
+    # the service the cluster's next major runs under when it cannot be derived from ``service`` (an admin-named
+    # systemd unit): connection extra ``new_service``, e.g. ``systemd:pg17.service``
+    new_service: str | None = None
     password: str | None = field(default=None, repr=False, compare=False)
     # where this process reaches the server when not at host/port (a forwarded port: ``tunnel.forward``)
     reach: tuple[str, int] | None = field(default=None, repr=False, compare=False)
@@ -84,11 +88,11 @@ class Cluster:
         if not _OS_USER_RE.match(os_user):
             raise ConfigError(f"{name}.extra.os_user", f"is not a valid OS user name: {os_user!r}")
         service = str(extra.get("service", "pg_ctl"))
-        if not _SERVICE_RE.match(service):
-            raise ConfigError(
-                f"{name}.extra.service",
-                f"must be 'pg_ctl', 'systemd:<unit>' or 'pg_ctlcluster <version> <name>', got {service!r}",
-            )
+        parse_service(service, f"{name}.extra.service")
+        new_service = extra.get("new_service") or None
+        if new_service is not None:
+            new_service = str(new_service)
+            parse_service(new_service, f"{name}.extra.new_service")
         ssh_conn_id = extra.get("ssh_conn_id") or None
         return cls(
             name=name,
@@ -103,6 +107,7 @@ class Cluster:
             service=service,
             confdir=confdir,
             ssh_conn_id=str(ssh_conn_id) if ssh_conn_id else None,
+            new_service=new_service,
         )
 
     def to_extra(self) -> dict[str, Any]:
@@ -116,6 +121,8 @@ class Cluster:
             extra["pg_confdir"] = self.confdir
         if self.ssh_conn_id:
             extra["ssh_conn_id"] = self.ssh_conn_id
+        if self.new_service:
+            extra["new_service"] = self.new_service
         return extra
 
     def with_installation(self, bindir: str, datadir: str | None = None) -> Cluster:
@@ -166,62 +173,68 @@ class ServiceManager(Protocol):
     def wait_ready(self, timeout: float = 120) -> float: ...
 
 
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A parsed ``service`` string: ``kind`` (``pg_ctl`` | ``systemd`` | ``pg_ctlcluster``), the unit (systemd) or
+    the Debian version and cluster name (pg_ctlcluster)."""
+
+    kind: str
+    unit: str | None = None
+    version: str | None = None
+    name: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "systemd":
+            return f"systemd:{self.unit}"
+        if self.kind == "pg_ctlcluster":
+            return f"pg_ctlcluster {self.version} {self.name}"
+        return "pg_ctl"
+
+
+def parse_service(service: str, field_name: str = "service") -> ServiceSpec:
+    """The service string of a connection extra, validated (ConfigError naming ``field_name``)."""
+    if not _SERVICE_RE.match(service):
+        raise ConfigError(
+            field_name, f"must be 'pg_ctl', 'systemd:<unit>' or 'pg_ctlcluster <version> <name>', got {service!r}"
+        )
+    if service.startswith("systemd:"):
+        return ServiceSpec("systemd", unit=service.split(":", 1)[1])
+    if service.startswith("pg_ctlcluster "):
+        _, version, name = service.split(" ")
+        return ServiceSpec("pg_ctlcluster", version=version, name=name)
+    return ServiceSpec("pg_ctl")
+
+
 def service_for(cluster: Cluster, host: Host | None = None) -> ServiceManager:
-    """The service manager the cluster declares (connection extra ``service``): today every kind — ``pg_ctl``,
-    ``systemd:<unit>``, ``pg_ctlcluster <major> <name>`` — is handled by ``Service``."""
-    return Service(cluster, host)
+    """The service manager the cluster declares (connection extra ``service``): ``PgCtl``, ``PgCtlCluster``
+    (Debian's postgresql-common) or ``Systemd``."""
+    spec = parse_service(cluster.service)
+    if spec.kind == "systemd":
+        return Systemd(cluster, host)
+    if spec.kind == "pg_ctlcluster":
+        return PgCtlCluster(cluster, host)
+    return PgCtl(cluster, host)
 
 
-class Service:
-    """Starts, stops and watches one cluster through its declared service manager."""
+class _Manager:
+    """What every kind shares: whether a postmaster owns the data directory (``pg_ctl status``, whichever
+    manager started it), whether it answers, waiting for it."""
 
     def __init__(self, cluster: Cluster, host: Host | None = None) -> None:
         self.cluster = cluster
         self.host = host or LocalHost()
 
     @property
-    def _pgdata_arg(self) -> str:
-        # pg_ctl -D takes the directory holding postgresql.conf (Debian: /etc/postgresql/N/main).
-        return self.cluster.config_dir
-
-    @property
     def log_file(self) -> str:
         return str(Path(self.cluster.datadir) / "log" / "pg_ctl.log")
 
-    def start(self, timeout: float = 120, options: str | None = None) -> None:
-        c = self.cluster
-        kind = c.service.split(":", 1)[0].split(" ", 1)[0]
-        if kind == "pg_ctl":
-            self.host.run(["mkdir", "-p", str(Path(self.log_file).parent)], user=c.os_user)
-            argv = [c.bin("pg_ctl"), "-D", self._pgdata_arg, "-l", self.log_file, "-w", "-t", str(int(timeout))]
-            if options:
-                argv += ["-o", options]
-            self.host.run([*argv, "start"], user=c.os_user, timeout=timeout + 30, cwd=c.datadir)
-        elif kind == "systemd":
-            self.host.run(["systemctl", "start", c.service.split(":", 1)[1]], user="root", timeout=timeout)
-        else:
-            _, ver, name = c.service.split(" ")
-            self.host.run(["pg_ctlcluster", ver, name, "start"], user="root", timeout=timeout)
-        self.wait_ready(timeout)
-
-    def stop(self, mode: str = "fast", timeout: float = 300) -> None:
-        c = self.cluster
+    def _check_mode(self, mode: str) -> None:
         if mode not in ("smart", "fast", "immediate"):
             raise ConfigError("stop_mode", f"must be smart, fast or immediate, got {mode!r}")
-        if not self.is_running():
-            log.info("cluster %s is already stopped", c.name)
-            return
-        kind = c.service.split(":", 1)[0].split(" ", 1)[0]
-        if kind == "pg_ctl":
-            argv = [c.bin("pg_ctl"), "-D", c.datadir, "-m", mode, "-w", "-t", str(int(timeout)), "stop"]
-            self.host.run(argv, user=c.os_user, timeout=timeout + 30)
-        elif kind == "systemd":
-            self.host.run(["systemctl", "stop", c.service.split(":", 1)[1]], user="root", timeout=timeout)
-        else:
-            _, ver, name = c.service.split(" ")
-            self.host.run(["pg_ctlcluster", ver, name, "stop", "-m", mode], user="root", timeout=timeout)
+
+    def _stopped_after(self) -> None:
         if self.is_running():
-            raise CheckFailed(f"cluster {c.name} still has a postmaster after stop")
+            raise CheckFailed(f"cluster {self.cluster.name} still has a postmaster after stop")
 
     def is_running(self) -> bool:
         """True while a postmaster owns the data directory (postmaster.pid names a live process)."""
@@ -251,3 +264,102 @@ class Service:
             if time.monotonic() - started > timeout:
                 raise CheckFailed(f"cluster {self.cluster.name} did not accept connections within {timeout}s")
             time.sleep(0.2)
+
+
+class Service(_Manager):
+    """``pg_ctl`` of the cluster's own installation, as its OS user (``PgCtl``; ``Service`` is its historical
+    name): the only kind that takes server options (private starts). Whatever the cluster declares, ``Service``
+    controls it by pg_ctl: use ``service_for`` for the declared kind."""
+
+    def start(self, timeout: float = 120, options: str | None = None) -> None:
+        c = self.cluster
+        self.host.run(["mkdir", "-p", str(Path(self.log_file).parent)], user=c.os_user)
+        # pg_ctl -D takes the directory holding postgresql.conf (Debian: /etc/postgresql/N/main).
+        argv = [c.bin("pg_ctl"), "-D", c.config_dir, "-l", self.log_file, "-w", "-t", str(int(timeout))]
+        if options:
+            argv += ["-o", options]
+        self.host.run([*argv, "start"], user=c.os_user, timeout=timeout + 30, cwd=c.datadir)
+        self.wait_ready(timeout)
+
+    def stop(self, mode: str = "fast", timeout: float = 300) -> None:
+        c = self.cluster
+        self._check_mode(mode)
+        if not self.is_running():
+            log.info("cluster %s is already stopped", c.name)
+            return
+        argv = [c.bin("pg_ctl"), "-D", c.datadir, "-m", mode, "-w", "-t", str(int(timeout)), "stop"]
+        self.host.run(argv, user=c.os_user, timeout=timeout + 30)
+        self._stopped_after()
+
+
+def _no_options(kind: str, options: str | None) -> None:
+    if options:
+        raise ConfigError("service", f"{kind} starts the registered cluster as configured: it takes no server options")
+
+
+PgCtl = Service
+
+
+class PgCtlCluster(_Manager):
+    """Debian's ``pg_ctlcluster <version> <name>`` as root (on a systemd host it hands start and stop to
+    ``postgresql@<version>-<name>``): the binaries of /usr/lib/postgresql/<version>, the configuration of
+    /etc/postgresql/<version>/<name>."""
+
+    def __init__(self, cluster: Cluster, host: Host | None = None) -> None:
+        super().__init__(cluster, host)
+        spec = parse_service(cluster.service)
+        self.version, self.name = str(spec.version), str(spec.name)
+
+    @property
+    def log_file(self) -> str:
+        return f"/var/log/postgresql/postgresql-{self.version}-{self.name}.log"  # pg_ctlcluster's default
+
+    def start(self, timeout: float = 120, options: str | None = None) -> None:
+        _no_options("pg_ctlcluster", options)
+        self.host.run(["pg_ctlcluster", self.version, self.name, "start"], user="root", timeout=timeout)
+        self.wait_ready(timeout)
+
+    def stop(self, mode: str = "fast", timeout: float = 300) -> None:
+        self._check_mode(mode)
+        if not self.is_running():
+            log.info("cluster %s is already stopped", self.cluster.name)
+            return
+        self.host.run(["pg_ctlcluster", self.version, self.name, "stop", "-m", mode], user="root", timeout=timeout)
+        self._stopped_after()
+
+
+class Systemd(_Manager):
+    """``systemctl start|stop <unit>`` as root; the unit decides how the server runs (its stop mode too)."""
+
+    def __init__(self, cluster: Cluster, host: Host | None = None) -> None:
+        super().__init__(cluster, host)
+        self.unit = str(parse_service(cluster.service).unit)
+
+    @property
+    def log_file(self) -> str:
+        m = _DEBIAN_UNIT_RE.match(self.unit)
+        # Debian's postgresql@ units log where pg_ctlcluster does; other units log to the journal (no file)
+        return f"/var/log/postgresql/postgresql-{m.group(1)}-{m.group(2)}.log" if m else ""
+
+    def start(self, timeout: float = 120, options: str | None = None) -> None:
+        _no_options("a systemd unit", options)
+        self.host.run(["systemctl", "start", self.unit], user="root", timeout=timeout)
+        self.wait_ready(timeout)
+
+    def stop(self, mode: str = "fast", timeout: float = 300) -> None:
+        self._check_mode(mode)
+        if not self.is_running():
+            log.info("cluster %s is already stopped", self.cluster.name)
+            return
+        self.host.run(["systemctl", "stop", self.unit], user="root", timeout=timeout)
+        self._stopped_after()
+
+
+# Debian's templated unit of cluster <version>/<name>
+_DEBIAN_UNIT_RE = re.compile(r"^postgresql@(\d+)-([A-Za-z0-9._-]+?)(?:\.service)?$")
+
+
+def debian_unit(unit: str) -> tuple[str, str] | None:
+    """(version, cluster name) of Debian's ``postgresql@<version>-<name>.service``; None for any other unit."""
+    m = _DEBIAN_UNIT_RE.match(unit)
+    return (m.group(1), m.group(2)) if m else None

@@ -60,6 +60,10 @@ class RunContext:
 
     def journal_of(self, dag_id: str, run_id: str) -> RunJournal:
         """A run's journal in this context's store, with its spool on this cluster's database host."""
-        return self.store.run(
-            dag_id, run_id, Spool.beside(self.host, self.cluster.os_user, self.cluster.datadir, dag_id, run_id)
-        )
+        return journal(self.store, self.host, self.cluster, dag_id, run_id)
+
+
+def journal(store: RunStore, host: Host, cluster: Cluster, dag_id: str, run_id: str) -> RunJournal:
+    """A run's journal in store, with its spool (for a control database that goes away) on the cluster's
+    database host."""
+    return store.run(dag_id, run_id, Spool.beside(host, cluster.os_user, cluster.datadir, dag_id, run_id))

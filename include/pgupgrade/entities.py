@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-from pgupgrade import checks, facts
+from pgupgrade import checks, facts, services
 from pgupgrade.cluster import Cluster
 from pgupgrade.context import RunContext
 from pgupgrade.sql import connect, psql, scalar
@@ -15,12 +15,14 @@ from pgupgrade.sql import connect, psql, scalar
 log = logging.getLogger(__name__)
 
 
-def queue_empty(ctx: RunContext, databases: list[str]) -> bool:
-    ext_dbs = checks.extension_databases(ctx.cluster, databases, ctx.profile)
+def queue_empty(ctx: RunContext, databases: list[str], cluster: Cluster | None = None) -> bool:
+    """Whether the extension's queue is empty in every database (on ``cluster``, default the run's)."""
+    cluster = cluster or ctx.cluster
+    ext_dbs = checks.extension_databases(cluster, databases, ctx.profile)
     if not ext_dbs:
         log.info("%s is not installed in any database: nothing to wait for", ctx.profile.extname)
         return True
-    sizes = checks.queue_sizes(ctx.cluster, ext_dbs, ctx.profile)
+    sizes = checks.queue_sizes(cluster, ext_dbs, ctx.profile)
     log.info("queue sizes: %s", sizes)
     return not any(sizes.values())
 
@@ -54,7 +56,8 @@ def refresh_all(ctx: RunContext, cluster: Cluster, databases: list[str]) -> int:
 
 def snapshot_before(ctx: RunContext, databases: list[str]) -> dict[str, Any]:
     """The facts the validation compares against (the extension's entities included), saved as facts_before."""
-    before = facts.snapshot(ctx.cluster, content=ctx.params["verify_content"])
-    before["extension"] = extension_facts(ctx.cluster, databases, ctx)
+    serving = services.old_now(ctx)  # privately, once the cutover restarted it there
+    before = facts.snapshot(serving, content=ctx.params["verify_content"])
+    before["extension"] = extension_facts(serving, databases, ctx)
     ctx.state.save("facts_before", before)
     return {"tables": facts.table_count(before), "wal_lsn": before["wal_lsn"]}

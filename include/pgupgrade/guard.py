@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgupgrade import identity
+from pgupgrade.cluster import Cluster
 from pgupgrade.context import RunContext
 from pgupgrade.errors import PlanError
 from pgupgrade.state import IsAlive
@@ -26,7 +27,8 @@ def take_cluster(ctx: RunContext, is_alive: IsAlive) -> str:
     return f"{line}; proven: system identifier {proven['system_identifier']} in {proven['node']}:{proven['datadir']}"
 
 
-def prove(ctx: RunContext) -> dict[str, Any]:
-    """Before a destructive step on the old cluster: the same cluster the plan proved (identifier recorded)."""
+def prove(ctx: RunContext, cluster: Cluster | None = None) -> dict[str, Any]:
+    """Before a destructive step on the old cluster (where it serves now: ``cluster``, default the run's): the
+    same cluster the plan proved (identifier recorded)."""
     recorded = ctx.state.load("identity") or {}
-    return identity.verify(ctx.cluster, ctx.host, expect_identifier=recorded.get("system_identifier"))
+    return identity.verify(cluster or ctx.cluster, ctx.host, expect_identifier=recorded.get("system_identifier"))

@@ -7,7 +7,16 @@ from typing import Any
 
 from pgupgrade.state import RunJournal
 
-EVENTS = ("outage_start", "success", "failure", "rollback", "deadline_missed", "rollback_trigger_failed")
+EVENTS = (
+    "outage_start",
+    "success",
+    "failure",
+    "rollback",
+    "deadline_missed",
+    "rollback_trigger_failed",
+    "archiving_failed",
+    "failed_after_open",
+)
 TITLES = {
     "outage_start": "outage starts",
     "success": "succeeded",
@@ -15,6 +24,8 @@ TITLES = {
     "rollback": "rolled back",
     "deadline_missed": "overran the maintenance window",
     "rollback_trigger_failed": "the automatic ROLLBACK DID NOT START: start it by hand",
+    "archiving_failed": "is open but ARCHIVING/BACKUP of the new cluster needs attention (no rollback)",
+    "failed_after_open": "FAILED AFTER OPENING: the new version keeps serving, no rollback started",
 }
 
 

@@ -201,6 +201,17 @@ COMMON = [
         kind="timestamp",
     ),
     Field(
+        name="after_open_failure",
+        type="string",
+        default="alert",
+        title="A failure after opening",
+        description="What a failure after the cluster opened to clients does (analyze, app health, performance): "
+        "'alert' keeps the validated new version serving and alerts loudly (the rollback DAG stays available by "
+        "hand); 'rollback' starts the rollback, which keeps clients out while it compares and goes back.",
+        section="Outage",
+        enum=("alert", "rollback"),
+    ),
+    Field(
         name="verify_content",
         type="boolean",
         default=False,

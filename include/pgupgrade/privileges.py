@@ -40,8 +40,8 @@ user and the rule to add. What the rules for the OS user are worth: psql, ``tee`
 ``postgres`` already give everything ``postgres`` can do, so they only make the account's use explicit and
 auditable (sudo logs every command); the boundary that matters is root, where each rule names one program and,
 where the library's arguments are fixed, their shape (``apt-get install`` of ``postgresql-N`` packages,
-``install`` into the installations' extension and library directories, ``systemctl start|stop`` of the named
-units). ``apt-get install`` and an install command are root-equivalent by nature: allow them only where the
+``install`` into the installations' extension and library directories, ``systemctl start|stop|enable|disable`` of
+the named units). ``apt-get install`` and an install command are root-equivalent by nature: allow them only where the
 runbooks that need them (minor upgrade by apt or by command, extension files by command) are used.
 """
 
@@ -131,9 +131,11 @@ INVENTORY: tuple[Privilege, ...] = (
     _os("find", "list and checksum backups, empty-directory checks, pg_upgrade logs (backup, scratch, major)"),
     _os("head", "postmaster.pid's first line (minor.installers)"),
     _os("kill", "kill -0: is the postmaster alive (minor.rollback)"),
+    _os("ln", "point a rebuilt data directory's pg_tblspc link at its tablespace again (backup)"),
     _os("ls", "list WAL set aside (recovery)"),
     _os("mkdir", "backup, socket, log and work directories (backup, services, scratch, cluster, major.transfer)"),
     _os("mv", "set the old data directory aside, pg_control.old back (recovery, major.rollback)"),
+    _os("pgbackrest", "version, stanza-upgrade, check and full backup of the new cluster (archiving)"),
     _os("readlink", "/proc/<pid>/exe of the postmaster (minor.installers)"),
     _os("rm", "work directories, dumps, leftovers of a failed initdb, the old cluster (major, recovery)"),
     _os("sha256sum", "backup checksums, run in the backup directory (backup)", cwd=True),
@@ -177,8 +179,9 @@ INVENTORY: tuple[Privilege, ...] = (
     Privilege(
         "systemctl",
         RunsAs.ROOT,
-        "service systemd:<unit>: start and stop the unit (cluster.Service)",
-        args=r"^(start|stop) {unit}$",
+        "service systemd:<unit>: start and stop the unit (cluster.Systemd); at opening and in the rollback, enable "
+        "one cluster's unit and disable the other's, and reload units after a Debian registration (registration)",
+        args=r"^((start|stop|enable|disable) {unit}|daemon-reload)$",
     ),
     Privilege("pg_ctlcluster", RunsAs.ROOT, "service 'pg_ctlcluster N name' (cluster.Service)"),
 )

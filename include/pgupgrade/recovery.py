@@ -10,7 +10,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from pgupgrade import backup, checks, facts, services, versions
+from pgupgrade import backup, checks, facts, registration, services, versions
 from pgupgrade.cluster import Cluster, service_for
 from pgupgrade.commands import Host
 from pgupgrade.errors import CheckFailed, UnsafeState
@@ -21,6 +21,20 @@ from pgupgrade.sql import connect, fetch_named
 from pgupgrade.state import RunJournal
 
 log = logging.getLogger(__name__)
+
+
+def rollback_needed(state: RunJournal, after_open_failure: str) -> tuple[bool, str]:
+    """Whether a failed run starts its rollback, and why: only a run that changed something needs a way back, and
+    once the validated new version serves clients a later failure alerts instead, unless the run asked for the
+    rollback (``after_open_failure``)."""
+    if not state.side_effects():
+        return False, "the run failed before it changed anything (only read-only steps ran)"
+    if state.happened("opened") and after_open_failure != "rollback":
+        return False, (
+            "the run failed after the validated new version opened to clients: it keeps serving "
+            "(after_open_failure=alert); the rollback DAG stays available by hand"
+        )
+    return True, "the run changed the cluster"
 
 
 FIELDS: list[Field] = [
@@ -93,11 +107,15 @@ def data_loss_risks(
 
 
 def stop_new(upgrade_state: RunJournal, old: Cluster, host: Host) -> None:
+    """Stops the new cluster (through its own service while registered with the platform, which the
+    registration's reversal undoes first; then by pg_ctl from its data directory)."""
+    registration.unregister(upgrade_state, old, host)
     plan = upgrade_state.load("plan") or {}
     new = plan.get("new")
     if new and upgrade_state.happened("new_initdb"):
         exists = host.run(["test", "-e", f"{new['datadir']}/PG_VERSION"], check=False).exit_code == 0
-        if exists and stop_if_running(replace(old, bindir=new["bindir"], datadir=new["datadir"], confdir=None), host):
+        unregistered = replace(old, bindir=new["bindir"], datadir=new["datadir"], confdir=None, service="pg_ctl")
+        if exists and stop_if_running(unregistered, host):
             log.info("stopped the new cluster in %s", new["datadir"])
 
 
@@ -119,13 +137,33 @@ def wal_bridge(upgrade_state: RunJournal, datadir: str, host: Host) -> dict[str,
     return {"base": base, "until_lsn": stopped["checkpoint_lsn"]}
 
 
+# entries of a data directory that the server (initdb, pg_basebackup, the postmaster) owns; everything else in
+# it is the admin's: included configuration (conf.d), SSL keys and certificates, ...
+_SERVER_OWNED = frozenset({
+    "base", "global", "PG_VERSION", "postmaster.opts", "postmaster.pid", "current_logfiles", "log",
+    "backup_label", "backup_label.old", "backup_manifest", "tablespace_map", "tablespace_map.old",
+    "standby.signal", "recovery.signal",
+})  # fmt: skip
+_CONFIG_FILES = ("postgresql.conf", "pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf")
+
+
 def carry_config_from(aside: str, old: Cluster, host: Host) -> None:
-    """The configuration files of the data directory moved aside into the rebuilt one: all of them when they
-    live in the data directory, else postgresql.auto.conf (ALTER SYSTEM; never WAL-logged, so neither a base
-    backup nor initdb has its latest state)."""
-    for name in ("postgresql.conf", "pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf"):
+    """The configuration of the data directory moved aside into the rebuilt one: all of it when it lives in the
+    data directory — the configuration files and every entry the server does not own (included files and
+    directories such as conf.d, SSL files) — else postgresql.auto.conf (ALTER SYSTEM; never WAL-logged, so
+    neither a base backup nor initdb has its latest state)."""
+    user = old.os_user
+    for name in _CONFIG_FILES:
         if not old.confdir or name == "postgresql.auto.conf":
-            host.run(["cp", "--", f"{aside}/{name}", f"{old.datadir}/{name}"], user=old.os_user, check=False)
+            host.run(["cp", "--", f"{aside}/{name}", f"{old.datadir}/{name}"], user=user, check=False)
+    if old.confdir:
+        return
+    listed = host.run(["find", aside, "-mindepth", "1", "-maxdepth", "1", "-printf", "%f\\n"], user=user)
+    for name in listed.stdout.splitlines():
+        if name.startswith("pg_") or name in _SERVER_OWNED or name in _CONFIG_FILES:
+            continue
+        host.run(["rm", "-rf", "--", f"{old.datadir}/{name}"], user=user)  # as the backup had it: replaced
+        host.run(["cp", "-a", "--", f"{aside}/{name}", f"{old.datadir}/{name}"], user=user)
 
 
 def restore_base(old: Cluster, host: Host, bridge: dict[str, Any], aside: str) -> dict[str, Any]:

@@ -58,7 +58,12 @@ def build(state: RunJournal, *, status: str, extra: dict[str, Any] | None = None
         "outage": outage,
         "server_down_seconds": round((up - down).total_seconds(), 3) if down and up else None,
         "backup_dir": (state.load("backup") or {}).get("backup_dir"),
+        "archiving": state.load("archiving"),  # pgupgrade.archiving.after_open: tool, backup, PITR
         "journal": [e for e in events if e["event"] != "step"],
+        # decisions a person took (or the conf / a timeout took for them): pgupgrade.decisions
+        "decisions": [
+            {"step": e["step"], **e["decision"]} for e in events if e["event"] == "step" and e.get("decision")
+        ],
         **(extra or {}),
     }
     return rep
@@ -107,9 +112,20 @@ def markdown(rep: dict[str, Any]) -> str:
         lines.append(f"- Backup: `{rep['backup_dir']}`")
     for w in plan.get("warnings", []):
         lines.append(f"- Warning: {w}")
+    if (plan.get("config") or {}).get("files"):
+        lines.append("- Configuration carried over: " + ", ".join(f"`{f}`" for f in plan["config"]["files"]))
+    if rep.get("archiving"):
+        a = rep["archiving"]
+        attention = " — NEEDS ATTENTION" if a.get("needs_attention") else ""
+        lines.append(f"- Archiving ({a['tool']}){attention}: {a.get('summary')}")
     lines += ["", "## Steps", "", "| step | status | seconds |", "|---|---|---|"]
     for s in rep["steps"]:
         lines.append(f"| {s['step']} | {s['status']} | {s['seconds']} |")
+    if rep.get("decisions"):
+        lines += ["", "## Decisions", ""]
+        for d in rep["decisions"]:
+            who = f"by **{d['by']}**" if d.get("source") == "person" else f"({d.get('source')})"
+            lines.append(f"- `{d['step']}`: {d['question']} → **{d['chosen']}** {who} at {d.get('at')}")
     for key in ("rollback_path", "rollback_reason", "next_steps"):
         if rep.get(key):
             lines += ["", f"**{key.replace('_', ' ')}**: {rep[key]}"]

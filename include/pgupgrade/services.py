@@ -86,12 +86,36 @@ def pg_control_state(host: Host, datadir: str, user: str) -> dict[str, bool]:
     return {"pg_control": ex("global/pg_control"), "pg_control.old": ex("global/pg_control.old")}
 
 
+def cutover_private(cluster: Cluster, host: Host) -> Cluster:
+    """The old cluster as the cutover restarts it: where only this run reaches it."""
+    return private_cluster(cluster, cluster.datadir, cluster.bindir, socket_path(f"{cluster.datadir}/cutover"), host)
+
+
+def restart_private(ctx: RunContext) -> Cluster:
+    """Ends every client session, whatever role it uses, and keeps every client out until the cluster opens:
+    a fast stop through the cluster's service, then a start where only this run reaches it."""
+    private = cutover_private(ctx.cluster, ctx.host)
+    ctx.state.record("old_private_restart")
+    service_for(ctx.cluster, ctx.host).stop("fast")
+    start_private(private, ctx.host, private.host)
+    ctx.state.record("old_private_started")
+    return private
+
+
+def old_now(ctx: RunContext) -> Cluster:
+    """The old cluster where the cutover reaches it: privately once the cutover restarted it there."""
+    if ctx.state.happened("old_private_started") and not ctx.state.happened("old_stop_requested"):
+        return cutover_private(ctx.cluster, ctx.host)
+    return ctx.cluster
+
+
 def stop_old(ctx: RunContext) -> None:
     """Stops the old cluster and records its shutdown checkpoint's LSN: a rollback that rebuilds it from the
     base backup and its WAL proves it replayed at least that far."""
-    guard.prove(ctx)
+    serving = old_now(ctx)
+    guard.prove(ctx, serving)
     ctx.state.record("old_stop_requested")
-    service_for(ctx.cluster, ctx.host).stop("fast")
+    service_for(serving, ctx.host).stop("fast")
     ctx.state.record("old_stopped", checkpoint_lsn=checkpoint_lsn(ctx.cluster, ctx.host))
 
 

@@ -19,7 +19,9 @@ from pgupgrade.commands import Host, SSHHost
 
 log = logging.getLogger(__name__)
 
-_FORWARDS: dict[tuple[int, int], tuple[str, int]] = {}
+# (id of the SSH transport, remote port) -> (the transport, the worker-side address); entries of a transport
+# that is no longer active are dropped before a new forward is made (its id may be reused by a new transport)
+_FORWARDS: dict[tuple[int, int], tuple[Any, tuple[str, int]]] = {}
 _LOCK = threading.Lock()
 
 
@@ -37,24 +39,30 @@ def forward(host: Host, port: int) -> tuple[str, int] | None:
         transport = host.client.get_transport()
     key = (id(transport), port)
     with _LOCK:
-        if key not in _FORWARDS:
+        for stale in [k for k, (t, _) in _FORWARDS.items() if not t.is_active()]:
+            del _FORWARDS[stale]  # its listener closes itself (_accept)
+        if key not in _FORWARDS or _FORWARDS[key][0] is not transport:
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             listener.bind(("127.0.0.1", 0))
             listener.listen(16)
-            _FORWARDS[key] = ("127.0.0.1", int(listener.getsockname()[1]))
+            listener.settimeout(1.0)  # notices a dead transport without waiting for a connection
+            _FORWARDS[key] = (transport, ("127.0.0.1", int(listener.getsockname()[1])))
             threading.Thread(
                 target=_accept, args=(listener, transport, port), name=f"tunnel-{port}", daemon=True
             ).start()
-            log.info("loopback port %s on %s reached at %s:%s", port, host.name, *_FORWARDS[key])
-        return _FORWARDS[key]
+            log.info("loopback port %s on %s reached at %s:%s", port, host.name, *_FORWARDS[key][1])
+        return _FORWARDS[key][1]
 
 
 def _accept(listener: socket.socket, transport: Any, port: int) -> None:
     while transport.is_active():
         try:
             conn, peer = listener.accept()
+        except TimeoutError:
+            continue
         except OSError:
-            return
+            break
+        conn.settimeout(None)
         try:
             chan = transport.open_channel("direct-tcpip", ("127.0.0.1", port), peer, timeout=30)
         except Exception as exc:  # paramiko's ChannelException / SSHException: the client sees its connection close

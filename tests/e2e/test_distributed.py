@@ -22,9 +22,17 @@ import pytest
 
 from pgupgrade.cluster import Cluster, service_for
 from pgupgrade.sql import connect, scalar
-from pgupgrade.state.control import ControlStore
 
-from pgharness import APP_DB, Pool, WriteProbe, connection_env, data_checks_out, installation, served_version
+from pgharness import (
+    APP_DB,
+    Pool,
+    WriteProbe,
+    connection_env,
+    control_store,
+    data_checks_out,
+    installation,
+    served_version,
+)
 from topology import WORKER_USER, DistributedAirflow, SecondHost, control_database
 
 pytestmark = pytest.mark.distributed
@@ -194,9 +202,7 @@ def under_writes(
 
 
 def journal(control: Cluster, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-    info = control.conninfo("pgupgrade_control")
-    info.pop("application_name", None)
-    return ControlStore(info).run(dag_id, run_id).events()
+    return control_store(control, "pgupgrade_control").run(dag_id, run_id).events()
 
 
 def major_conf(cluster: Cluster, **over: Any) -> dict[str, Any]:

@@ -14,10 +14,8 @@ from pgupgrade.cluster import Cluster, Service
 from pgupgrade.context import RunContext
 from pgupgrade.errors import ConfigError, PlanError, UnsafeState
 from pgupgrade.scratch import write_settings
-from pgupgrade.sql import connect
-from pgupgrade.state.control import ControlStore
 
-from pgharness import HOST, OS_USER, Pool, lock_of
+from pgharness import HOST, OS_USER, Pool, control_store, lock_of
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +61,10 @@ def test_without_ssh_the_worker_must_be_the_database_host(primary: Cluster) -> N
         identity.verify(replace(primary, datadir="/nonexistent/pgdata"), HOST)
 
 
-def _control_on(cluster: Cluster, db: str) -> ControlStore:
-    with connect(cluster) as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {db}")
-    info = cluster.conninfo(db)
-    info.pop("application_name", None)
-    return ControlStore(info)
-
-
 def test_the_cluster_holding_the_control_database_is_never_taken(pool: Pool, primary: Cluster) -> None:
     """take_cluster proves the identity, refuses the cluster whose system identifier is the control database's
     (its outage would stop the journal), and otherwise takes the lock and records identity and lock key."""
-    store = _control_on(primary, "ctl_here")
+    store = control_store(primary, "ctl_here", create=True)
 
     def ctx_for(cluster: Cluster, run_id: str) -> RunContext:
         return RunContext(

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from pgupgrade.state import RunState
@@ -106,8 +107,9 @@ def test_failure_before_the_stop_leaves_the_new_data_directory_reusable(pool, mo
 
 
 def test_dump_restore_failing_while_the_old_cluster_still_runs(pool, monkeypatch):
-    """dump/restore reads the old cluster while it runs (logins blocked): a failure there leaves it running, the
-    rollback only gives logins back, and stops the half-filled new cluster."""
+    """dump/restore reads the old cluster while it runs (restarted where only the run reaches it): a failure there
+    leaves it running privately, the rollback restarts it where clients reach it, gives logins back, and stops
+    the half-filled new cluster."""
     old = pool.new("15.18")
     conf = upgrade_conf(pool, old, "17", target_major=17, method="dump_restore")
     new = track_new(pool, old, conf)
@@ -115,7 +117,9 @@ def test_dump_restore_failing_while_the_old_cluster_still_runs(pool, monkeypatch
     dr, states = run("pg_major_upgrade", conf)
     assert dr.state == "failed" and states["upgrade.dump_restore"] == "failed", states
     steps = [e["step"] for e in RunState.for_run(dr.dag_id, dr.run_id, STATE).events() if e["event"] == "step"]
-    assert "stop_old" not in steps and served_version(old) == 15
+    assert "stop_old" not in steps and Path(old.datadir, "postmaster.pid").exists()
+    with pytest.raises(psycopg2.OperationalError):  # no client reaches it until the rollback
+        served_version(old)
     monkeypatch.delenv("PGUPGRADE_INJECT_FAILURE")
     assert_rolled_back(old, "pg_major_upgrade", dr.run_id, "old_running")
     assert not Path(new.datadir, "postmaster.pid").exists()

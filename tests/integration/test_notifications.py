@@ -16,9 +16,9 @@ import pytest
 
 from pgupgrade.sql import connect
 
-from airflow_helpers import assert_rolled_back, run, upgrade_conf
+from airflow_helpers import assert_rolled_back, run, triggered_runs, upgrade_conf
 from conftest import register_connection
-from pgharness import APP_DB
+from pgharness import APP_DB, served_version, track_new
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 SECRET = "S3cret-Pa55word-for-the-test"
@@ -72,3 +72,34 @@ def test_failure_alerts_and_no_secret_anywhere(pool, monkeypatch, capfd):
     for path in Path(os.environ["PGUPGRADE_STATE_DIR"]).rglob("*"):
         if path.is_file():
             assert SECRET not in path.read_text(errors="replace"), f"password in {path}"
+
+
+def test_failure_after_opening_alerts_and_the_new_version_keeps_serving(pool, monkeypatch):
+    """after_open_failure=alert (the default): analyze fails after the opening; the validated new version keeps
+    serving, the alert goes out, the run is failed and no rollback run is created."""
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Receiver.received.clear()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ALERTS",
+        json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": server.server_port, "schema": "hook"}),
+    )
+    monkeypatch.setenv("AIRFLOW_VAR_PGUPGRADE_NOTIFY", json.dumps({"webhook_conn_id": "alerts"}))
+    monkeypatch.setenv("PGUPGRADE_INJECT_FAILURE", "analyze")
+    old = pool.new("15.18")
+    conf = upgrade_conf(pool, old, "16", transfer_mode="link")
+    track_new(pool, old, conf)
+    try:
+        dr, states = run("pg15_to_pg16_upgrade", conf)
+    finally:
+        server.shutdown()
+    assert dr.state == "failed" and states["after.analyze"] == "failed", states
+    assert states["trigger_rollback"] == "skipped", states
+    assert not [r for r in triggered_runs("pg_major_upgrade_rollback") if r.run_id == f"rollback__{dr.run_id}"]
+    assert served_version(old) == 16  # the new version serves on the old port
+    with connect(old, APP_DB) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO orders (customer, amount) VALUES ('after-open', 1)")  # and takes writes
+    events = [m["event"] for m in Receiver.received]
+    assert "failed_after_open" in events and "rollback" not in events, events
+    alert = next(m for m in Receiver.received if m["event"] == "failed_after_open")
+    assert "keeps serving" in json.dumps(alert)

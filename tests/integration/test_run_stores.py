@@ -19,7 +19,7 @@ from pgupgrade.state import FileRunStore, RunStore
 from pgupgrade.state.control import ControlDB, ControlLock, ControlStore, ControlUnreachable, migrate
 from pgupgrade.state.spool import Spool
 
-from pgharness import Pool
+from pgharness import Pool, control_store
 
 _dbs = itertools.count(1)
 
@@ -37,21 +37,15 @@ def control_cluster(pool: Pool) -> Cluster:
     return pool.new("17.10", "control", seed=False)
 
 
-def control_store(cluster: Cluster) -> ControlStore:
-    db = f"control_{next(_dbs)}"
-    with connect(cluster) as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {db}")
-    info = cluster.conninfo(db)
-    info.pop("application_name", None)
-    info.pop("connect_timeout", None)
-    return ControlStore(info, root=Path("/nonexistent"))
+def new_control_store(cluster: Cluster) -> ControlStore:
+    return control_store(cluster, f"control_{next(_dbs)}", create=True, root=Path("/nonexistent"))
 
 
 @pytest.fixture(params=["files", "control"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> RunStore:
     if request.param == "files":
         return FileRunStore(tmp_path)
-    return control_store(request.getfixturevalue("control_cluster"))
+    return new_control_store(request.getfixturevalue("control_cluster"))
 
 
 def test_lock_is_exclusive_per_cluster_not_per_dag(store: RunStore) -> None:
@@ -146,7 +140,7 @@ def test_outage_slots_bound_concurrent_outages(store: RunStore) -> None:
 def test_concurrent_contenders_exactly_one_wins(control_cluster: Cluster) -> None:
     """Eight threads, each with its own connection to the control database, take one lock and one of two
     outage slots at the same moment: one lock holder and two slot holders, every round."""
-    store = control_store(control_cluster)
+    store = new_control_store(control_cluster)
     store.run("warm", "up").exists()  # schema migrated before the race
     for round_ in range(5):
         barrier = threading.Barrier(8)
@@ -185,7 +179,7 @@ def test_concurrent_contenders_exactly_one_wins(control_cluster: Cluster) -> Non
 
 
 def test_schema_is_migrated_once_and_a_newer_one_refused(control_cluster: Cluster) -> None:
-    store = control_store(control_cluster)
+    store = new_control_store(control_cluster)
     store.run("d", "r").record("x")
     with connect(control_cluster, store.conninfo["dbname"]) as conn:
         assert migrate(conn) == 1  # already there: nothing applied
@@ -201,7 +195,7 @@ def test_control_database_away(pool: Pool, tmp_path: Path) -> None:
     that records them still sees the whole run (as read when the outage began, plus its own records), and the
     spool moves into the control database, in order, when it is back — for whoever reads next."""
     own = pool.new("17.10", "control_away", seed=False)
-    store = control_store(own)
+    store = new_control_store(own)
     host = LocalHost()
     spool = Spool(host, "postgres", f"{pool.root}/spool-{tmp_path.name}/up--r1.jsonl")
     journal = store.run("up", "r1", spool)

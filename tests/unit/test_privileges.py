@@ -26,6 +26,9 @@ ROOT_DIR = LIBRARY.parents[1]
 # .run(..., user=...) calls whose argv the scan cannot read (built in a variable): what each runs, read by hand.
 # A new call of this kind fails the scan until it is added here (and its program to the inventory).
 DYNAMIC = {
+    "archiving.py:pgbackrest_version": ["pgbackrest"],  # the program as the archive_command names it
+    "archiving.py:upgrade_stanza": ["pgbackrest"],
+    "archiving.py:_pgbackrest_after_open": ["pgbackrest"],
     "backup.py:restore": ["{bindir}/pg_restore"],
     "backup.py:take_base": ["{bindir}/pg_basebackup"],
     "backup.py:restore_custom": ["{bindir}/pg_restore"],
@@ -163,7 +166,7 @@ def test_sudoers_one_rule_per_program_no_all_command() -> None:
     assert "airflow ALL = (postgres) CWD=* NOPASSWD: PGUPGRADE_PG_CTL" in text
     assert "airflow ALL = (postgres) NOPASSWD: PGUPGRADE_CAT" in text
     assert "Cmnd_Alias PGUPGRADE_PG_CTL = /usr/lib/postgresql/*/bin/pg_ctl, /opt/pg/17/bin/pg_ctl" in text
-    assert "/usr/bin/systemctl ^(start|stop) postgresql@17-main$" in text
+    assert "/usr/bin/systemctl ^((start|stop|enable|disable) postgresql@17-main|daemon-reload)$" in text
     same = sudoers("postgres", "postgres", bindirs=["/usr/lib/postgresql/*/bin"])
     assert {r.split("(")[1].split(")")[0] for r in _rules(same)} == {"root"}  # logged in as the OS user
     assert "SYSTEMCTL" not in same  # no unit named: systemctl not allowed

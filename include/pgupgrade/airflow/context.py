@@ -14,10 +14,9 @@ from airflow.sdk import Param, get_current_context
 from pgupgrade import profiles
 from pgupgrade.airflow.connections import cluster_from_conn_id, host_for
 from pgupgrade.airflow.store import run_store
-from pgupgrade.context import RunContext
+from pgupgrade.context import RunContext, journal
 from pgupgrade.errors import ConfigError
 from pgupgrade.params import Field, validate
-from pgupgrade.state.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ def run_context(
         params=clean,
         cluster=cluster,
         host=host,
-        state=store.run(dag_id, run_id, Spool.beside(host, cluster.os_user, cluster.datadir, dag_id, run_id)),
+        state=journal(store, host, cluster, dag_id, run_id),
         profile=profiles.get(clean.get("extension_profile", "pg_tviews")),
         spec=spec or {},
         store=store,

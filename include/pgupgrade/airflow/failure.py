@@ -18,6 +18,7 @@ from pgupgrade.airflow.store import run_store
 from pgupgrade.context import RunContext
 from pgupgrade.errors import ConfigError, PgUpgradeError
 from pgupgrade.params import Field
+from pgupgrade.recovery import rollback_needed
 from pgupgrade.state import RunJournal
 from pgupgrade.state.control import ControlUnreachable
 
@@ -167,6 +168,10 @@ def rollback_callback(rollback_dag_id: str) -> Callable[[dict[str, Any]], None]:
         if not changed:
             log.info("run %s changed nothing: no rollback needed", run_id)
             return
+        wanted, why = rollback_needed(state, str(context["params"].get("after_open_failure", "alert")))
+        if not wanted:  # the run's own handover_lock alerted (after opening) when it ran
+            log.warning("no rollback for run %s: %s", run_id, why)
+            return
         problem: str | None = None
         try:
             outcome = trigger_via_api(rollback_dag_id, rollback_run_id(run_id), conf)
@@ -213,8 +218,14 @@ def failure_tail(dag: Any, rollback_dag_id: str, fields: list[Field]) -> None:
         if not holder or (holder["dag_id"], holder["run_id"]) != (dag_id, run_id):
             log.info("no rollback: this run never held the cluster lock (holder: %s)", holder)
             return False
-        if not rc.state.side_effects():
-            log.info("no rollback: the run failed before it changed anything (only read-only steps ran)")
+        wanted, why = rollback_needed(rc.state, rc.params.get("after_open_failure", "alert"))
+        if not wanted:
+            log.warning("no rollback: %s", why)
+            if rc.state.happened("opened"):
+                from pgupgrade.airflow import notifiers
+
+                rc.state.record("failed_after_open", failed=failed_tasks())
+                notifiers.failed_after_open(dag_id, run_id, rc.params["postgres_conn_id"], why, ctx)
             return False
         rc.lock.hand_over(dag_id, run_id, rollback_dag_id, rollback_run_id(run_id))
         rc.state.record("rollback_triggered", dag_id=rollback_dag_id, run_id=rollback_run_id(run_id))

@@ -284,3 +284,15 @@ def rollback_not_started(
     }
     log.error("%s\n%s\n%s", detail["alert"], detail["start_by_hand_ui"], detail["start_by_hand_cli"])
     return send("rollback_trigger_failed", dag_id, run_id, cluster, context, detail=detail)
+
+
+def failed_after_open(dag_id: str, run_id: str, cluster: str | None, why: str, context: Any) -> int:
+    """The loud alert: a step after opening failed; the validated new version keeps serving (no rollback)."""
+    detail = {
+        "alert": f"A STEP FAILED AFTER THE NEW VERSION OPENED on {cluster or '?'}: {why}. Clients are served by the "
+        "validated new version; nothing was rolled back. Fix the failed step, or trigger the rollback DAG by hand "
+        "(it keeps clients out while it compares and goes back, and asks before discarding their writes).",
+        "reason": why,
+    }
+    log.error(detail["alert"])
+    return send("failed_after_open", dag_id, run_id, cluster, context, detail=detail)

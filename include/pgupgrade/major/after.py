@@ -7,7 +7,7 @@ import json
 import logging
 from typing import Any
 
-from pgupgrade import backup, plans, versions
+from pgupgrade import backup, collations, plans, versions
 from pgupgrade.context import RunContext
 from pgupgrade.entities import extension_facts, refresh_all
 from pgupgrade.errors import CheckFailed
@@ -20,6 +20,15 @@ log = logging.getLogger(__name__)
 def refresh_tviews(ctx: RunContext) -> int:
     plan_ = ctx.plan(MajorPlan)
     return refresh_all(ctx, new_cluster(ctx, plan_, private=False), plan_.databases)
+
+
+def rebuild_collation_indexes(ctx: RunContext) -> dict[str, Any]:
+    """The indexes on collations whose version changed (named by the plan) rebuilt, their versions refreshed."""
+    plan_ = ctx.plan(MajorPlan)
+    if not plan_.collations.get("changed"):
+        return {"rebuilt": [], "refreshed": [], "why": plan_.collations.get("summary", "not compared by the plan")}
+    ctx.state.record("collation_indexes_rebuild", reindex=plan_.collations.get("reindex"))
+    return collations.rebuild(new_cluster(ctx, plan_, private=False), plan_.collations, plan_.databases)
 
 
 def analyze(ctx: RunContext) -> None:
@@ -51,11 +60,9 @@ def performance(ctx: RunContext) -> dict[str, Any]:
 
 
 def new_connection_extra(ctx: RunContext) -> dict[str, Any]:
-    plan_ = ctx.plan(MajorPlan)
-    extra = ctx.cluster.to_extra()
-    extra.update({"pg_bindir": plan_.new.bindir, "pg_datadir": plan_.new.datadir})
-    extra.pop("pg_confdir", None)
-    return extra
+    """The connection extra of the cluster now serving: the new cluster as registered (service, configuration
+    directory)."""
+    return new_cluster(ctx, ctx.plan(MajorPlan), private=False).to_extra()
 
 
 def write_report(ctx: RunContext, status: str, extra: dict[str, Any] | None = None) -> dict[str, str]:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pgupgrade import checks, facts, identity, outage, services, versions
+from pgupgrade import archiving, checks, config, facts, identity, outage, registration, services, versions
 from pgupgrade.clients import terminate_clients
 from pgupgrade.cluster import service_for
 from pgupgrade.context import RunContext
@@ -77,7 +77,7 @@ def run_dump_restore(ctx: RunContext) -> dict[str, Any]:
     started = time.monotonic()
     # The old cluster normally still runs here with logins blocked and no client left (the cutover dumps before
     # it stops the old one); a run that finds it stopped starts it where no client can reach it.
-    source = old
+    source = services.old_now(ctx)
     if ctx.state.happened("old_stop_requested"):
         source = services.private_cluster(old, old.datadir, old.bindir, socket_for(plan_, "old-sock"), host)
         services.start_private(source, host, source.host)
@@ -88,7 +88,7 @@ def run_dump_restore(ctx: RunContext) -> dict[str, Any]:
         transfer.dump_restore(source, new_private, host, dump_dir, plan_.databases, ctx.params["jobs"], new_inst)
         host.run(["rm", "-rf", "--", dump_dir], user=old.os_user)
     finally:
-        if source is not old:
+        if ctx.state.happened("old_stop_requested"):
             service_for(source, host).stop("fast")
         service_for(new_private, host).stop("fast")
     ctx.state.record("transfer_done", seconds=round(time.monotonic() - started, 3))
@@ -101,8 +101,10 @@ def configure_new(ctx: RunContext) -> dict[str, Any]:
     from_major = versions.Version.parse(plan_.old.version).major
     if ctx.state.happened("config_carried"):
         return {"already": True}
-    carried = transfer.carry_config(ctx.cluster, from_major, new_inst, plan_.new.datadir, ctx.host)
-    ctx.state.record("config_carried", dropped=carried.dropped, rewritten=carried.rewritten)
+    carried = config.carry_config(ctx.cluster, from_major, new_inst, plan_.new.datadir, ctx.host)
+    ctx.state.record(
+        "config_carried", dropped=carried.dropped, rewritten=carried.rewritten, files=carried.files, dirs=carried.dirs
+    )
     return carried.as_dict()
 
 
@@ -176,12 +178,30 @@ def health_check(ctx: RunContext) -> list[dict[str, Any]]:
     return rows
 
 
+def register_new(ctx: RunContext, plan_: MajorPlan) -> None:
+    """The stopped new cluster registered as its service expects (Debian's /etc/postgresql layout, the old
+    cluster moved to another port; systemd units switched): ``registration``, journaled for the rollback."""
+    registration.register(
+        ctx.state,
+        ctx.cluster,
+        ctx.host,
+        new_major=versions.Version.parse(plan_.new.version).major,
+        new_datadir=plan_.new.datadir,
+        old_port=plan_.old.port,
+        socket_dirs=plan_.old.socket_dirs,
+        work_dir=plan_.work_dir,
+        carried=ctx.state.first("config_carried") or {},
+    )
+
+
 def open_to_clients(ctx: RunContext) -> None:
     """Restart the new cluster where clients reach it (old port and sockets), then give logins back."""
     plan_ = ctx.plan(MajorPlan)
     private = new_cluster(ctx, plan_, private=True)
     public = new_cluster(ctx, plan_, private=False)
+    archiving.upgrade_stanza(ctx, private)  # pgBackRest: one-way, so only now that every validation passed
     service_for(private, ctx.host).stop("fast")
+    register_new(ctx, plan_)
     ctx.state.record("new_public_start")
     service_for(public, ctx.host).start()
     recorded = (ctx.state.first("new_identified") or {}).get("system_identifier")
@@ -194,7 +214,7 @@ def open_to_clients(ctx: RunContext) -> None:
             )
         lsn = fetch_named(conn, "wal-position")[0]["lsn"]  # a rollback counts the WAL written after this
     roles = ctx.state.load("blocked_roles", [])
-    gate_for(public).unblock(roles)
+    gate_for(public, ctx.host).unblock(roles)
     ctx.state.record("opened", roles=roles, wal_lsn=lsn)
     outage.release_slot(ctx)
 

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from pgupgrade.context import RunContext
+from pgupgrade.decisions import DECISION_TIMEOUT
 from pgupgrade.errors import ConfigError
 from pgupgrade.major.model import TransferMode
 from pgupgrade.params import COMMON, Field
@@ -107,6 +108,7 @@ FIELDS: list[Field] = [
         section="Validation",
         enum=("warn", "fail"),
     ),
+    DECISION_TIMEOUT,
 ]
 
 
@@ -180,4 +182,5 @@ CLEANUP_FIELDS: list[Field] = [
         minimum=0,
         maximum=24 * 365,
     ),
+    DECISION_TIMEOUT,
 ]

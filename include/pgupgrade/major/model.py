@@ -4,7 +4,7 @@ the run's ``plan.json``; the same JSON the untyped plan had, plus ``schema_versi
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pgupgrade.errors import UnsafeState
@@ -63,6 +63,12 @@ class MajorPlan:
     outage_estimate_s: float
     space: dict[str, int]
     already_upgraded: bool = False
+    # the configuration's carry-over as planned (pgupgrade.config.CarriedConfig.for_plan): dropped, rewritten,
+    # skipped, files, dirs; empty in plans recorded before it existed
+    config: dict[str, list[str]] = field(default_factory=dict)
+    # collation versions old vs new (pgupgrade.collations.compare): summary, changed, equal, reindex; empty in
+    # plans recorded before it existed
+    collations: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mode(self) -> TransferMode:

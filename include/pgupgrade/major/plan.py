@@ -7,7 +7,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pgupgrade import backup, checks, facts, plans, scratch, services, versions
+from pgupgrade import (
+    archiving,
+    backup,
+    checks,
+    collations,
+    config,
+    facts,
+    plans,
+    registration,
+    scratch,
+    services,
+    versions,
+)
 from pgupgrade.backup import needs_base
 from pgupgrade.cluster import Cluster
 from pgupgrade.context import RunContext
@@ -59,16 +71,22 @@ def plan(ctx: RunContext) -> MajorPlan | plans.AlreadyThere:
         return plans.AlreadyThere(running=str(running), reason=f"cluster already runs {running}")
     old_inst, new_inst, warnings = _installations(ctx, running, to_major)
     new_datadir = _new_datadir(ctx, running.major, to_major)
+    registration.check(old, to_major, new_inst.bindir, host)  # the new cluster's service can be set up
     dbs = facts.user_databases(old)
     blockers = _blockers(ctx, running.major, dbs, new_inst, warnings)
+    archiving.plan_check(ctx, to_major, new_datadir, warnings)  # refuses a pgBackRest too old for the target
     data_bytes, relations = _size(old, dbs)
     options = scratch.matching_options(old)
+    # libc/ICU collation versions old vs new: changes (and the indexes to REINDEX) go into the warnings
+    colls = collations.compare(old, dbs, new_inst, options, _work_dir(new_datadir), host, warnings, ctx.run_id)
     preload = transfer.preload_libraries(old)
     missing_libs = checks.missing_libraries(preload, new_inst, host)
     if missing_libs:
         raise PlanError(
             "shared_preload_libraries names libraries the new installation lacks: " + ", ".join(missing_libs)
         )
+    carried = config.carry_config(old, running.major, new_inst, new_datadir, host, write=False)
+    warnings += [f"configuration not carried over: {d}" for d in carried.dropped]
     method, why, check_output = _choose_method(ctx, old_inst, new_inst, new_datadir, options, preload, blockers)
     mode = TransferMode(p["transfer_mode"]) if method == Method.PG_UPGRADE else None
     backup_dir = p["backup_dir"] or backup.default_dir(ctx)
@@ -103,6 +121,8 @@ def plan(ctx: RunContext) -> MajorPlan | plans.AlreadyThere:
         work_dir=_work_dir(new_datadir),
         outage_estimate_s=estimate_outage(method, mode, relations, data_bytes),
         space=space,
+        config=carried.for_plan(),
+        collations=colls,
     )
 
 
@@ -153,7 +173,7 @@ def _blockers(
     old = ctx.cluster
     blockers = checks.upgrade_blockers(old, old_major, dbs)
     refused = [b for b in blockers if b.ack_param and not ctx.params.get(b.ack_param)]
-    if refused:
+    if refused and not ctx.spec.get("ask_person"):  # else a person is asked after the plan (decisions)
         raise PlanError("; ".join(f"{b.detail} (set {b.ack_param}=true to go ahead)" for b in refused))
     unhealthy = [
         f"{r['database']}: {r['check']} ({r['detail']})"
@@ -276,8 +296,19 @@ def _choose_method(
 
 
 def _check_failure(output: str) -> str:
-    lines = [ln.strip() for ln in output.splitlines() if "fatal" in ln.lower() or "failure" in ln.lower()]
-    return " ".join(lines[-3:]) or output.strip()[-500:]
+    """pg_upgrade's reason: its "fatal" checks and "could not" errors before its first "Failure, exiting" (the server
+    logs appended after it hold consequences, such as a lock file, not the cause)."""
+    head = [ln.strip() for ln in output.split("Failure, exiting", 1)[0].splitlines()]
+    lines = [ln for ln in head if "fatal" in ln.lower() or ln.lower().startswith("could not")]
+    if not lines:
+        lines = [ln.strip() for ln in output.splitlines() if "fatal" in ln.lower() or "failure" in ln.lower()]
+    reason = " ".join(lines[-3:]) or output.strip()[-500:]
+    if "could not clone" in reason:
+        reason += (
+            " (transfer_mode=clone needs a filesystem that makes reflinks, such as XFS with reflink=1 or Btrfs, "
+            "holding both data directories: use link or copy here)"
+        )
+    return reason
 
 
 def pg_upgrade_check(

@@ -24,13 +24,13 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from pgupgrade import backup, facts, plans, services, versions
+from pgupgrade import backup, facts, plans, registration, services, versions
 from pgupgrade.cluster import Cluster, service_for
 from pgupgrade.commands import Host
 from pgupgrade.errors import CheckFailed, ConfigError, PgUpgradeError, UnsafeState
 from pgupgrade.gates import gate_for
 from pgupgrade.major.model import MajorPlan
-from pgupgrade.recovery import stop_new
+from pgupgrade.scratch import exists
 from pgupgrade.services import start_if_down
 from pgupgrade.sql import connect, fetch_named, psycopg2
 from pgupgrade.state import RunJournal
@@ -127,7 +127,7 @@ def changes_since_open(upgrade_state: RunJournal, old: Cluster, host: Host) -> d
         if not service_for(new, host).accepts_connections():
             return out
         out["wal"] = wal_since_open(upgrade_state, new)
-        gate = gate_for(new)
+        gate = gate_for(new, host)
         roles = gate.block()
         gate.terminate()
         content = any("md5" in t for db in after["databases"].values() for t in db["tables"].values())
@@ -140,10 +140,13 @@ def changes_since_open(upgrade_state: RunJournal, old: Cluster, host: Host) -> d
     return out
 
 
-def decide(upgrade_state: RunJournal, old: Cluster, host: Host, *, accept_data_loss: bool) -> dict[str, Any]:
+def decide(
+    upgrade_state: RunJournal, old: Cluster, host: Host, *, accept_data_loss: bool, ask: bool = False
+) -> dict[str, Any]:
     """The path and why. After the new cluster opened to clients, going back discards what they wrote: refused
     (with the WAL byte count) when its facts differ from those at opening or cannot be compared, unless
-    accept_data_loss — then the decision records the loss accepted."""
+    accept_data_loss — then the decision records the loss accepted — or ``ask``: then the decision's
+    ``needs_consent`` says what a person must accept (the new cluster serves on meanwhile)."""
     if not upgrade_state.exists():
         raise ConfigError("upgrade_run_id", f"no state for {upgrade_state.dag_id} run {upgrade_state.run_id!r}")
     done = upgrade_state.first("rolled_back")
@@ -165,6 +168,13 @@ def decide(upgrade_state: RunJournal, old: Cluster, host: Host, *, accept_data_l
                 else "differs from (" + "; ".join(opened_changes[:5]) + ")"
             )
             loss = f"going back loses what they wrote: {describe_wal(wal)}"
+            if not accept_data_loss and ask:
+                decision["needs_consent"] = {
+                    "wal": wal, "changes": opened_changes, "path": path, "why": why,
+                    "what": f"the new cluster {what} its state at opening; {loss}",
+                }  # fmt: skip
+                log.warning("a person decides: %s", decision["needs_consent"]["what"])
+                return decision
             if not accept_data_loss:
                 raise UnsafeState(
                     f"clients were let into the new cluster and it {what} its state at opening: {loss} (path "
@@ -199,8 +209,25 @@ def empty_unused_new(upgrade_state: RunJournal, old: Cluster, host: Host) -> boo
     return True
 
 
-def bring_back_old(path: str, upgrade_state: RunJournal, old: Cluster, host: Host) -> None:
-    stop_new(upgrade_state, old, host)  # e.g. a dump/restore into it stopped by a crash while the old one ran
+def stop_unregistered_new(upgrade_state: RunJournal, old: Cluster, host: Host) -> None:
+    """The new cluster stopped by ``pg_ctl`` (e.g. a dump/restore into it stopped by a crash while the old one
+    ran, or validated privately): until it is registered it runs from its data directory, where the old
+    cluster's unit or ``pg_ctlcluster`` would act on the old cluster instead. A registered one is stopped by its
+    own service first (``registration.unregister``)."""
+    plan = recorded_plan(upgrade_state)
+    if plan is None or not upgrade_state.happened("new_initdb"):
+        return
+    if exists(host, f"{plan.new.datadir}/PG_VERSION"):
+        new = replace(old, bindir=plan.new.bindir, datadir=plan.new.datadir, confdir=None, service="pg_ctl")
+        if services.stop_if_running(new, host):
+            log.info("stopped the new cluster in %s", new.datadir)
+
+
+def bring_back_old(path: str, upgrade_state: RunJournal, old: Cluster, host: Host) -> dict[str, Any]:
+    """Undoes the new cluster's registration (``registration.unregister``: by the journal), stops the new cluster,
+    restores pg_control if needed and starts the old cluster by its own service."""
+    undone = registration.unregister(upgrade_state, old, host)
+    stop_unregistered_new(upgrade_state, old, host)
     empty_unused_new(upgrade_state, old, host)
     if path == RollbackPath.RESTORE_PG_CONTROL:
         host.run(
@@ -208,9 +235,10 @@ def bring_back_old(path: str, upgrade_state: RunJournal, old: Cluster, host: Hos
         )
         log.info("renamed global/pg_control.old back to global/pg_control")
     start_if_down(old, host)
+    return {"registration_undone": undone}
 
 
-def verify_old(upgrade_state: RunJournal, old: Cluster) -> dict[str, Any]:
+def verify_old(upgrade_state: RunJournal, old: Cluster, host: Host) -> dict[str, Any]:
     before = upgrade_state.load("facts_before")
     now = facts.snapshot(
         old,
@@ -225,7 +253,8 @@ def verify_old(upgrade_state: RunJournal, old: Cluster) -> dict[str, Any]:
         raise CheckFailed(f"the old cluster should run {old_version}, it runs {now['server_version']}")
     compared = before is not None
     if before is not None:
-        diffs = facts.compare(before, now, same_extension_versions=True)
+        rebuilt = upgrade_state.happened("old_moved_aside")  # from the base backup + WAL: unlogged tables empty
+        diffs = facts.compare(before, now, same_extension_versions=True, unlogged_emptied=rebuilt)
         if diffs:
             raise CheckFailed(
                 "after the rollback the old cluster's facts differ from the snapshot: " + "; ".join(diffs)
@@ -233,9 +262,21 @@ def verify_old(upgrade_state: RunJournal, old: Cluster) -> dict[str, Any]:
     if upgrade_state.happened("wal_slot_created"):
         backup.drop_slot(old)  # it would keep WAL forever now that the old cluster serves again
     # logins only come back once the facts are proven: a client reconnecting earlier would change them
-    gate_for(old).unblock(upgrade_state.load("blocked_roles", []))
+    gate_for(old, host).unblock(upgrade_state.load("blocked_roles", []))
     upgrade_state.record("rolled_back")  # a second rollback of this run would undo what clients write from now
     out: dict[str, Any] = {"facts_compared": compared, "server_version": now["server_version"]}
+    if before is not None and upgrade_state.happened("old_moved_aside"):
+        emptied = [
+            f"{db}.{t}"
+            for db, d in before["databases"].items()
+            for t, e in d["tables"].items()
+            if e.get("unlogged")
+            and e["rows"]
+            and not now["databases"].get(db, {}).get("tables", {}).get(t, {}).get("rows")
+        ]
+        if emptied:  # as after a crash: a base backup never holds an unlogged table's rows
+            out["unlogged_tables_emptied"] = emptied
+            log.warning("unlogged tables came back empty (rebuilt from the base backup): %s", ", ".join(emptied))
     if before is not None:
         out["tables"] = facts.table_count(now)
     return out

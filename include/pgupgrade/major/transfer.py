@@ -1,134 +1,23 @@
-"""Major upgrade mechanics: a new cluster that matches the old one, pg_upgrade, dump/restore, and carrying the
-configuration over correctly."""
+"""Major upgrade mechanics: a new cluster that matches the old one, pg_upgrade, dump/restore (the configuration's
+carry-over is ``pgupgrade.config``)."""
 
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pgupgrade import services
+from pgupgrade import registration, services
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host, Result
 from pgupgrade.context import RunContext
 from pgupgrade.major.model import MajorPlan
 from pgupgrade.scratch import InitdbOptions, initdb
 from pgupgrade.sql import connect, scalar_named
-from pgupgrade.versions import Installation
+from pgupgrade.versions import Installation, Version
 
 log = logging.getLogger(__name__)
-
-# Settings that name files or identify the cluster: rewritten, never copied verbatim between majors.
-PATH_SETTINGS = ("data_directory", "hba_file", "ident_file", "external_pid_file", "config_file")
-_LINE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*(.*?)\s*$")
-
-
-def parse_conf(text: str) -> list[tuple[str, str]]:
-    """(name, raw value) pairs of a postgresql.conf, in order; comments and blank lines dropped."""
-    pairs = []
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0] if "'" not in raw else _strip_comment(raw)
-        m = _LINE_RE.match(line)
-        if m and m.group(2):
-            pairs.append((m.group(1).lower(), m.group(2)))
-    return pairs
-
-
-def _strip_comment(line: str) -> str:
-    out, quoted = [], False
-    for ch in line:
-        if ch == "'":
-            quoted = not quoted
-        if ch == "#" and not quoted:
-            break
-        out.append(ch)
-    return "".join(out)
-
-
-def known_settings(inst: Installation, host: Host, user: str) -> set[str]:
-    out = host.run([inst.bin("postgres"), "--describe-config"], user=user, timeout=60).stdout
-    return {line.split("\t", 1)[0].lower() for line in out.splitlines() if line.strip()}
-
-
-@dataclass(frozen=True)
-class CarriedConfig:
-    settings: list[tuple[str, str]]
-    auto_settings: list[tuple[str, str]]
-    dropped: list[str]
-    rewritten: list[str]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "settings": self.settings,
-            "auto_settings": self.auto_settings,
-            "dropped": self.dropped,
-            "rewritten": self.rewritten,
-        }
-
-
-def carry_config(old: Cluster, old_major: int, new: Installation, new_datadir: str, host: Host) -> CarriedConfig:
-    """Writes the old configuration into the new data directory, correctly for the new major:
-    path settings rewritten to the new cluster's own files, settings the new major does not know dropped
-    (logged), ``postgresql.auto.conf`` merged, pg_hba.conf and pg_ident.conf copied, port and socket
-    directories kept so applications reconnect unchanged."""
-    user = old.os_user
-    known = known_settings(new, host, user)
-    conf_text = host.run(["cat", f"{old.config_dir}/postgresql.conf"], user=user).stdout
-    auto_path = f"{old.datadir}/postgresql.auto.conf"
-    auto_text = host.run(["cat", auto_path], user=user, check=False).stdout
-    dropped: list[str] = []
-    rewritten: list[str] = []
-
-    def keep(pairs: list[tuple[str, str]], where: str) -> list[tuple[str, str]]:
-        kept = []
-        for name, value in pairs:
-            if name in PATH_SETTINGS:
-                rewritten.append(f"{where}: {name} = {value} (the new cluster uses its own files)")
-                continue
-            if name == "cluster_name":
-                new_value = value.replace(f"{old_major}/", f"{new.major}/")
-                if new_value != value:
-                    rewritten.append(f"{where}: cluster_name {value} -> {new_value}")
-                value = new_value
-            if name not in known and "." not in name:
-                dropped.append(f"{where}: {name} = {value} (unknown to PostgreSQL {new.major})")
-                continue
-            kept.append((name, value))
-        return kept
-
-    settings = keep(parse_conf(conf_text), "postgresql.conf")
-    auto_settings = keep(parse_conf(auto_text), "postgresql.auto.conf")
-    for line in dropped:
-        log.warning("configuration not carried over: %s", line)
-    new_conf = f"{new_datadir}/postgresql.conf"
-    base = host.run(["cat", new_conf], user=user).stdout
-    block = "\n".join(f"{k} = {v}" for k, v in settings)
-    host.run(
-        ["tee", new_conf],
-        user=user,
-        stdin=f"{base.rstrip()}\n\n# carried over from {old.config_dir}/postgresql.conf by pgupgrade\n{block}\n",
-    )
-    if auto_settings:
-        auto_block = "\n".join(f"{k} = {v}" for k, v in auto_settings)
-        host.run(
-            ["tee", f"{new_datadir}/postgresql.auto.conf"],
-            user=user,
-            stdin=f"# Do not edit this file manually!\n# It will be overwritten by the ALTER SYSTEM command.\n"
-            f"{auto_block}\n",
-        )
-    for name in ("pg_hba.conf", "pg_ident.conf"):
-        src = _conf_file(old, dict(parse_conf(conf_text)), name)
-        host.run(["cp", "--", src, f"{new_datadir}/{name}"], user=user)
-    return CarriedConfig(settings, auto_settings, dropped, rewritten)
-
-
-def _conf_file(old: Cluster, conf: dict[str, str], name: str) -> str:
-    key = {"pg_hba.conf": "hba_file", "pg_ident.conf": "ident_file"}[name]
-    if key in conf:
-        return conf[key].strip("'")
-    return f"{old.config_dir}/{name}"
 
 
 def preload_libraries(old: Cluster) -> str:
@@ -215,10 +104,12 @@ def set_preload(host: Any, datadir: str, preload: str, user: str) -> None:
 
 def new_cluster(ctx: RunContext, plan_: MajorPlan, *, private: bool) -> Cluster:
     """The new cluster as the plan has it: where only this run reaches it (``private``), or where clients do."""
-    c = ctx.cluster.with_installation(plan_.new.bindir, plan_.new.datadir)
-    if private:
+    c = replace(ctx.cluster.with_installation(plan_.new.bindir, plan_.new.datadir), confdir=None)
+    if private:  # its configuration is in its data directory (the old cluster's confdir is the old one's)
         return services.private_cluster(c, c.datadir, c.bindir, socket_for(plan_, "sock"), ctx.host)
-    return replace(c, confdir=None)
+    # where clients reach it, under the service it is registered with when it opens (registration.target)
+    reg = registration.target(ctx.cluster, Version.parse(plan_.new.version).major)
+    return replace(c, service=reg.service, confdir=reg.confdir)
 
 
 def socket_for(plan_: MajorPlan, name: str) -> str:

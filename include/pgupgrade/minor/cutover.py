@@ -5,6 +5,7 @@ destructive step journals before it acts."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from pgupgrade import checks, clients, entities, facts, outage, services, versions
@@ -98,12 +99,15 @@ def install(ctx: RunContext) -> dict[str, Any]:
     return result
 
 
-def start(ctx: RunContext, what: str) -> None:
-    """Starts the cluster with its bin directory; a start that fails raises CheckFailed with the server log's
-    tail."""
+def start(ctx: RunContext, what: str, *, private: bool = False) -> None:
+    """Starts the cluster with its bin directory (``private``: where only this run reaches it); a start that
+    fails raises CheckFailed with the server log's tail."""
     svc = service_for(ctx.cluster, ctx.host)
     try:
-        svc.start()
+        if private:
+            services.start_private(ctx.cluster, ctx.host, ctx.cluster.host)
+        else:
+            svc.start()
     except (CommandError, CheckFailed) as exc:
         tail = log_tail(ctx.host, svc, 30)
         raise CheckFailed(
@@ -111,14 +115,20 @@ def start(ctx: RunContext, what: str) -> None:
         ) from exc
 
 
+def validating(ctx: RunContext) -> RunContext:
+    """The cluster on the target release where only this run reaches it, until it opens: no client, whatever
+    role it uses, changes what the validation compares."""
+    new_ctx = on_new(ctx, ctx.plan(MinorPlan))
+    return replace(new_ctx, cluster=services.cutover_private(new_ctx.cluster, ctx.host))
+
+
 def start_new(ctx: RunContext) -> dict[str, Any]:
-    """Starts the cluster on the target release (pg_isready polling, no sleeps); the extension must load and
-    report the version it reported before."""
+    """Starts the cluster on the target release where only this run reaches it (pg_isready polling, no
+    sleeps); the extension must load and report the version it reported before."""
     plan_ = ctx.plan(MinorPlan)
-    new_ctx = on_new(ctx, plan_)
+    new_ctx = validating(ctx)
     ctx.state.record("new_start_requested", bindir=plan_.new.bindir)
-    start(new_ctx, f"PostgreSQL {plan_.new.version}")
-    ctx.state.record("new_public_start", bindir=plan_.new.bindir)
+    start(new_ctx, f"PostgreSQL {plan_.new.version}", private=True)
     _num_now, text = server_version(new_ctx)
     ext_before = (ctx.state.load("versions_before") or {}).get("extension", {})
     loaded: dict[str, str] = {}
@@ -137,7 +147,7 @@ def validate_facts(ctx: RunContext) -> dict[str, Any]:
     """version() is the target; databases, roles, row counts (and checksums if asked), extension versions and
     the extension's metadata count equal the snapshot taken before the stop."""
     plan_ = ctx.plan(MinorPlan)
-    new_ctx = on_new(ctx, plan_)
+    new_ctx = validating(ctx)
     facts_before = ctx.state.load("facts_before")
     now = facts.snapshot(new_ctx.cluster, content=ctx.params["verify_content"])
     now["extension"] = entities.extension_facts(new_ctx.cluster, plan_.databases, new_ctx)
@@ -157,7 +167,7 @@ def validate_facts(ctx: RunContext) -> dict[str, Any]:
 def health_check(ctx: RunContext) -> list[dict[str, Any]]:
     """health-check.sql on the target release."""
     plan_ = ctx.plan(MinorPlan)
-    rows: list[dict[str, Any]] = list(checks.health(on_new(ctx, plan_).cluster, plan_.databases, ctx.profile))
+    rows: list[dict[str, Any]] = list(checks.health(validating(ctx).cluster, plan_.databases, ctx.profile))
     fail_on(rows, "health check failed after the upgrade")
     return rows
 
@@ -166,7 +176,7 @@ def smoke_test(ctx: RunContext) -> dict[str, Any]:
     """Per extension database: a change to each backing table reaches the queue (inside a transaction that is
     rolled back), no metadata row has last_error, the queue is empty."""
     plan_ = ctx.plan(MinorPlan)
-    new_ctx = on_new(ctx, plan_)
+    new_ctx = validating(ctx)
     out: dict[str, Any] = {}
     errors: list[str] = []
     for db in checks.extension_databases(new_ctx.cluster, plan_.databases, ctx.profile):
@@ -184,9 +194,15 @@ def smoke_test(ctx: RunContext) -> dict[str, Any]:
 
 
 def open_to_clients(ctx: RunContext) -> list[str]:
-    """Gives back the logins blocked before the outage."""
+    """Restarts the validated cluster where clients reach it, through its service; gives back the logins
+    blocked before the outage."""
+    plan_ = ctx.plan(MinorPlan)
+    service_for(validating(ctx).cluster, ctx.host).stop("fast")
+    ctx.state.record("new_public_start", bindir=plan_.new.bindir)
+    public = on_new(ctx, plan_)
+    start(public, f"PostgreSQL {plan_.new.version}")
     roles = ctx.state.load("blocked_roles", [])
-    gate_for(on_new(ctx, ctx.plan(MinorPlan)).cluster).unblock(roles)
+    gate_for(public.cluster, ctx.host).unblock(roles)
     ctx.state.record("opened", roles=roles)
     outage.release_slot(ctx)
     return list(roles)

@@ -98,10 +98,10 @@ def back_to_previous(ctx: RunContext) -> dict[str, Any]:
     running_ctx = new if exists(ctx.host, new.cluster.bin("pg_ctl")) else prev
     if _running(running_ctx):
         if up.happened("opened"):
-            roles = gate_for(running_ctx.cluster).block()
+            roles = gate_for(running_ctx.cluster, ctx.host).block()
             ctx.state.save("blocked_roles", roles)
             ctx.state.record("logins_blocked", roles=roles)
-            gate_for(running_ctx.cluster).terminate()
+            gate_for(running_ctx.cluster, ctx.host).terminate()
             ctx.state.save("facts_before_rollback", facts.snapshot(running_ctx.cluster))
         ctx.state.record("stop_requested", bindir=running_ctx.cluster.bindir)
         service_for(running_ctx.cluster, ctx.host).stop("fast")
@@ -207,6 +207,6 @@ def open_to_clients(ctx: RunContext) -> list[str]:
     plan_ = recorded_plan(up)
     roles = sorted(set(up.load("blocked_roles", [])) | set(ctx.state.load("blocked_roles", [])))
     if plan_ is not None and roles:
-        gate_for(on_old(ctx, plan_).cluster).unblock(roles)
+        gate_for(on_old(ctx, plan_).cluster, ctx.host).unblock(roles)
     ctx.state.record("opened", roles=roles)
     return roles

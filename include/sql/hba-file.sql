@@ -1,0 +1,1 @@
+SELECT current_setting('hba_file') AS hba_file;

@@ -1,0 +1,224 @@
+"""Decisions a person takes in the Airflow UI (Human-in-the-loop tasks), under the real scheduler, executor,
+dag-processor, triggerer and api-server — one stack and one upgraded cluster for the module, the cases in order:
+
+1. `pg_major_upgrade_cleanup` without `confirm_delete`: `approve_delete` waits; answered *Reject* through the REST
+   API → nothing deleted, the journal names the user.
+2. again, with `decision_timeout_s` = 10 and no answer: the scheduler applies the safe default (Reject) → kept.
+3. `pg_major_upgrade_rollback` by hand after clients wrote to the new cluster: `choose_path` waits; answered
+   *Keep the new version serving* → the run ends failed with nothing changed, the new version serves on with every
+   write, the report names the user.
+4. the cleanup once more, answered *Approve* → the old data directory is deleted, the upgrade run's journal says
+   who approved.
+
+*Discard the writes and roll back* takes the rollback's own path once consented (tests/unit/test_hitl.py checks
+the consent; tests/integration/test_rollback_after_success.py the restore with the loss accepted by the conf).
+Budget: about 3 minutes on 2 cores, most of it the upgrade."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from pgupgrade import decisions
+from pgupgrade.cluster import Cluster
+from pgupgrade.sql import connect, scalar
+from pgupgrade.state import RunState
+
+from airflow_stack import AirflowStack
+from pgharness import APP_DB, connection_env, installation, served_version, track_new
+
+pytestmark = pytest.mark.scheduler
+UPGRADE, CLEANUP, ROLLBACK = "pg15_to_pg16_upgrade", "pg_major_upgrade_cleanup", "pg_major_upgrade_rollback"
+UPGRADE_RUN = "hitl-upgrade"
+TAILS = ("release_lock", "finish", "report")  # fail (or run) because another task failed
+USER = "admin"  # the stack's REST user: the one who answers
+
+
+@dataclass
+class Hitl:
+    stack: AirflowStack
+    state_dir: Path
+    old: Cluster
+
+    def base_conf(self) -> dict[str, Any]:
+        return {"postgres_conn_id": self.old.name, "upgrade_dag_id": UPGRADE, "upgrade_run_id": UPGRADE_RUN}
+
+    def journal(self, dag_id: str, run_id: str) -> RunState:
+        return RunState.for_run(dag_id, run_id, self.state_dir)
+
+
+@pytest.fixture(scope="module")
+def hitl(pool: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hitl]:
+    meta = pool.new("17", "hitl_meta", seed=False)
+    old = pool.new("15.18", "hitl_old")
+    state_dir = tmp_path_factory.mktemp("hitl") / "state"
+    env = dict([connection_env(old)]) | {
+        "PGUPGRADE_STATE_DIR": str(state_dir),
+        # the scheduler's sweep of timed-out questions (default every 15 s)
+        "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2",
+    }
+    stack: AirflowStack | None = None
+    try:
+        stack = AirflowStack(meta, env).start()
+        stack.wait_for_dags([UPGRADE, CLEANUP, ROLLBACK])
+        for dag_id in (UPGRADE, CLEANUP, ROLLBACK):
+            stack.unpause(dag_id)
+        home = Path(old.datadir).parent
+        conf = {
+            "postgres_conn_id": old.name,
+            "backup_dir": str(home / "backup"),
+            "new_datadir": str(home / "data16"),
+            "new_bindir": installation("16").bindir,
+        }
+        track_new(pool, old, conf)
+        started = time.monotonic()
+        stack.trigger(UPGRADE, conf, UPGRADE_RUN)
+        state = wait_run(stack, UPGRADE, UPGRADE_RUN, timeout=400)
+        states = stack.task_states(UPGRADE, UPGRADE_RUN)
+        errors = [e.get("error") for e in RunState.for_run(UPGRADE, UPGRADE_RUN, state_dir).events() if e.get("error")]
+        assert state == "success", (states, errors)
+        assert states["plan.approve_blockers"] == "success", states  # nothing to decide: it did not wait
+        print(f"upgrade 15 → 16 under the scheduler: {time.monotonic() - started:.0f}s")
+        yield Hitl(stack, state_dir, old)
+    finally:
+        if stack is not None:
+            stack.stop()
+            shutil.rmtree(stack.home, ignore_errors=True)
+
+
+def _tolerant(fn: Any, *args: Any) -> Any:
+    """One REST read, None when the api-server does not answer in time (2 cores shared: it happens)."""
+    try:
+        return fn(*args)
+    except requests.RequestException as exc:
+        print(f"REST read failed, retrying: {exc}")
+        return None
+
+
+def wait_run(stack: AirflowStack, dag_id: str, run_id: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _tolerant(stack.run_state, dag_id, run_id)
+        if state in ("success", "failed"):
+            return str(state)
+        time.sleep(1)
+    raise TimeoutError(f"{dag_id}/{run_id} did not finish in {timeout}s; logs in {stack.home}")
+
+
+def _log(stack: AirflowStack, dag_id: str, run_id: str, task_id: str) -> str:
+    """The task's log (its last try) as the REST API gives it: what a failure message needs."""
+    tries = [t for t in stack.task_instances(dag_id, run_id) if t["task_id"] == task_id]
+    n = tries[0]["try_number"] if tries else 1
+    got = stack.api(
+        "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{n}", params={"full_content": True}
+    )
+    content = got.get("content") or []
+    errors = [e for e in content if isinstance(e, dict) and e.get("level") in ("error", "critical", "warning")]
+    return json.dumps(errors or content, default=str)[-6000:]
+
+
+def _why(stack: AirflowStack, dag_id: str, run_id: str) -> str:
+    """Task states, and the logs of the failed tasks."""
+    states = stack.task_states(dag_id, run_id)
+    logs = {t: _log(stack, dag_id, run_id, t) for t, st in states.items() if st == "failed" and t not in TAILS}
+    return json.dumps({"states": states, "logs": logs}, indent=1)[-12000:]
+
+
+def _hitl_path(dag_id: str, run_id: str, task_id: str) -> str:
+    return f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
+
+
+def wait_question(h: Hitl, dag_id: str, run_id: str, task_id: str, timeout: float = 180) -> dict[str, Any]:
+    """The question once the task waits for it (state awaiting_input), as the REST API shows it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = _tolerant(h.stack.task_states, dag_id, run_id) or {}
+        if states.get(task_id) == "awaiting_input":
+            return dict(h.stack.api("GET", _hitl_path(dag_id, run_id, task_id)))
+        assert _tolerant(h.stack.run_state, dag_id, run_id) not in ("success", "failed"), states
+        time.sleep(0.5)
+    raise AssertionError(f"{dag_id}/{run_id}: {task_id} never waited for an answer")
+
+
+def answer(h: Hitl, dag_id: str, run_id: str, task_id: str, option: str) -> dict[str, Any]:
+    q = wait_question(h, dag_id, run_id, task_id)
+    assert option in q["options"], q
+    resp = h.stack.api("PATCH", _hitl_path(dag_id, run_id, task_id), json={"chosen_options": [option]})
+    assert resp["responded_by"]["name"] == USER, resp
+    return q
+
+
+def _orders(cluster: Cluster) -> int:
+    with connect(cluster, APP_DB) as conn:
+        return int(scalar(conn, "SELECT count(*) FROM orders"))
+
+
+def test_cleanup_rejected_through_the_rest_api_keeps_the_old_cluster(hitl: Hitl) -> None:
+    run_id, started = "hitl-cleanup-reject", time.monotonic()
+    hitl.stack.trigger(CLEANUP, {**hitl.base_conf(), "min_age_hours": 0}, run_id)
+    q = answer(hitl, CLEANUP, run_id, "approve_delete", decisions.REJECT)
+    assert hitl.old.datadir in q["subject"] and q["defaults"] == [decisions.REJECT], q
+    assert wait_run(hitl.stack, CLEANUP, run_id, timeout=120) == "success", _why(hitl.stack, CLEANUP, run_id)
+    states = hitl.stack.task_states(CLEANUP, run_id)
+    assert states["approve_delete"] == "success" and states["delete_old_cluster"] == "skipped", states
+    assert Path(hitl.old.datadir, "PG_VERSION").exists()
+    [d] = decisions.taken(hitl.journal(CLEANUP, run_id), "approve_delete")
+    assert (d["chosen"], d["source"], d["by"]) == (decisions.REJECT, decisions.PERSON, USER), d
+    print(f"cleanup rejected by {d['by']}: {time.monotonic() - started:.0f}s")
+
+
+def test_cleanup_unanswered_takes_the_safe_default_after_its_timeout(hitl: Hitl) -> None:
+    run_id, started = "hitl-cleanup-timeout", time.monotonic()
+    hitl.stack.trigger(CLEANUP, {**hitl.base_conf(), "min_age_hours": 0, "decision_timeout_s": 10}, run_id)
+    wait_question(hitl, CLEANUP, run_id, "approve_delete")
+    asked = time.monotonic()
+    assert wait_run(hitl.stack, CLEANUP, run_id, timeout=120) == "success"
+    waited = time.monotonic() - asked
+    states = hitl.stack.task_states(CLEANUP, run_id)
+    assert states["delete_old_cluster"] == "skipped", states
+    assert Path(hitl.old.datadir, "PG_VERSION").exists()
+    [d] = decisions.taken(hitl.journal(CLEANUP, run_id), "approve_delete")
+    assert (d["chosen"], d["source"], d["by"]) == (decisions.REJECT, decisions.TIMEOUT, None), d
+    assert waited >= 8, f"ended {waited:.0f}s after asking: before its 10 s timeout"
+    print(f"cleanup unanswered: safe default after {waited:.0f}s (total {time.monotonic() - started:.0f}s)")
+
+
+def test_rollback_kept_by_a_person_loses_nothing(hitl: Hitl) -> None:
+    run_id, started = "hitl-rollback-keep", time.monotonic()
+    with connect(hitl.old, APP_DB) as conn, conn.cursor() as cur:  # clients write to the opened new cluster
+        cur.execute("INSERT INTO orders (customer, amount) SELECT 'after-open', 1 FROM generate_series(1, 50)")
+    rows = _orders(hitl.old)
+    hitl.stack.trigger(ROLLBACK, hitl.base_conf(), run_id)
+    q = answer(hitl, ROLLBACK, run_id, "choose_path", decisions.KEEP)
+    assert "bytes of WAL" in q["body"] and q["defaults"] == [decisions.KEEP], q
+    assert wait_run(hitl.stack, ROLLBACK, run_id, timeout=120) == "failed"
+    states = hitl.stack.task_states(ROLLBACK, run_id)
+    why = _why(hitl.stack, ROLLBACK, run_id)
+    assert states["keep_new"] == "failed" and states["restore_from_backup"] == "skipped", why
+    assert served_version(hitl.old) == 16 and _orders(hitl.old) == rows  # serving on, every write kept
+    journal = hitl.journal(ROLLBACK, run_id)
+    [d] = decisions.taken(journal, "choose_path")
+    assert (d["chosen"], d["by"]) == (decisions.KEEP, USER), d
+    text = journal.load("report")["text"]
+    assert f"by **{USER}**" in text and decisions.KEEP in text, text
+    print(f"rollback kept by {d['by']}: {time.monotonic() - started:.0f}s")
+
+
+def test_cleanup_approved_through_the_rest_api_deletes_the_old_cluster(hitl: Hitl) -> None:
+    run_id, started = "hitl-cleanup-approve", time.monotonic()
+    hitl.stack.trigger(CLEANUP, {**hitl.base_conf(), "min_age_hours": 0}, run_id)
+    answer(hitl, CLEANUP, run_id, "approve_delete", decisions.APPROVE)
+    state = wait_run(hitl.stack, CLEANUP, run_id, timeout=120)
+    assert state == "success", _why(hitl.stack, CLEANUP, run_id)
+    assert not Path(hitl.old.datadir).exists() and served_version(hitl.old) == 16
+    deleted = hitl.journal(UPGRADE, UPGRADE_RUN).first("old_cluster_deleted") or {}
+    assert deleted.get("confirmed") == f"approved by {USER}", deleted
+    print(f"cleanup approved by {USER}: {time.monotonic() - started:.0f}s")
