@@ -77,6 +77,7 @@ class Pool:
         seed: bool = True,
         checksums: bool = False,
         settings: dict[str, str] | None = None,
+        wal_mb: int = 16,
     ) -> Cluster:
         inst = installation(version)
         port = next(_ports)
@@ -89,7 +90,7 @@ class Pool:
             port=port,
             socket_dir=str(home / "sock"),
             os_user=OS_USER,
-            options=InitdbOptions(checksums=checksums),
+            options=InitdbOptions(checksums=checksums, wal_segsize_mb=wal_mb),
             settings={"work_mem": "'7MB'", "fsync": "off", **(settings or {})},
         )
         self.clusters.append(cluster)

@@ -292,18 +292,41 @@ class Service(_Manager):
         self._stopped_after()
 
 
-def _no_options(kind: str, options: str | None) -> None:
-    if options:
-        raise ConfigError("service", f"{kind} starts the registered cluster as configured: it takes no server options")
+class _Platform(_Manager):
+    """A manager of the platform (pg_ctlcluster, a systemd unit) run as root: it starts the registered cluster as
+    configured, so it takes no server options; ``_argv`` says how."""
+
+    kind = ""
+
+    def _argv(self, verb: str, mode: str) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 120, options: str | None = None) -> None:
+        if options:
+            raise ConfigError(
+                "service", f"{self.kind} starts the registered cluster as configured: it takes no server options"
+            )
+        self.host.run(self._argv("start", ""), user="root", timeout=timeout)
+        self.wait_ready(timeout)
+
+    def stop(self, mode: str = "fast", timeout: float = 300) -> None:
+        self._check_mode(mode)
+        if not self.is_running():
+            log.info("cluster %s is already stopped", self.cluster.name)
+            return
+        self.host.run(self._argv("stop", mode), user="root", timeout=timeout)
+        self._stopped_after()
 
 
 PgCtl = Service
 
 
-class PgCtlCluster(_Manager):
+class PgCtlCluster(_Platform):
     """Debian's ``pg_ctlcluster <version> <name>`` as root (on a systemd host it hands start and stop to
     ``postgresql@<version>-<name>``): the binaries of /usr/lib/postgresql/<version>, the configuration of
     /etc/postgresql/<version>/<name>."""
+
+    kind = "pg_ctlcluster"
 
     def __init__(self, cluster: Cluster, host: Host | None = None) -> None:
         super().__init__(cluster, host)
@@ -314,22 +337,14 @@ class PgCtlCluster(_Manager):
     def log_file(self) -> str:
         return f"/var/log/postgresql/postgresql-{self.version}-{self.name}.log"  # pg_ctlcluster's default
 
-    def start(self, timeout: float = 120, options: str | None = None) -> None:
-        _no_options("pg_ctlcluster", options)
-        self.host.run(["pg_ctlcluster", self.version, self.name, "start"], user="root", timeout=timeout)
-        self.wait_ready(timeout)
-
-    def stop(self, mode: str = "fast", timeout: float = 300) -> None:
-        self._check_mode(mode)
-        if not self.is_running():
-            log.info("cluster %s is already stopped", self.cluster.name)
-            return
-        self.host.run(["pg_ctlcluster", self.version, self.name, "stop", "-m", mode], user="root", timeout=timeout)
-        self._stopped_after()
+    def _argv(self, verb: str, mode: str) -> list[str]:
+        return ["pg_ctlcluster", self.version, self.name, verb, *(["-m", mode] if mode else [])]
 
 
-class Systemd(_Manager):
+class Systemd(_Platform):
     """``systemctl start|stop <unit>`` as root; the unit decides how the server runs (its stop mode too)."""
+
+    kind = "a systemd unit"
 
     def __init__(self, cluster: Cluster, host: Host | None = None) -> None:
         super().__init__(cluster, host)
@@ -341,18 +356,8 @@ class Systemd(_Manager):
         # Debian's postgresql@ units log where pg_ctlcluster does; other units log to the journal (no file)
         return f"/var/log/postgresql/postgresql-{m.group(1)}-{m.group(2)}.log" if m else ""
 
-    def start(self, timeout: float = 120, options: str | None = None) -> None:
-        _no_options("a systemd unit", options)
-        self.host.run(["systemctl", "start", self.unit], user="root", timeout=timeout)
-        self.wait_ready(timeout)
-
-    def stop(self, mode: str = "fast", timeout: float = 300) -> None:
-        self._check_mode(mode)
-        if not self.is_running():
-            log.info("cluster %s is already stopped", self.cluster.name)
-            return
-        self.host.run(["systemctl", "stop", self.unit], user="root", timeout=timeout)
-        self._stopped_after()
+    def _argv(self, verb: str, mode: str) -> list[str]:
+        return ["systemctl", verb, self.unit]  # the unit decides the stop mode
 
 
 # Debian's templated unit of cluster <version>/<name>

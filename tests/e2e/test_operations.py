@@ -163,7 +163,7 @@ def ops(pool: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
             stack.unpause(dag_id)
         # the upgrade runs start now and go on side by side (three DAGs, three clusters) while the tests look at them
         stack.trigger(UPGRADE_DAG, _conf(failing, queue_wait_timeout_s=1), FAIL_RUN)
-        stack.trigger(GENERIC_DAG, _conf(healthy, target_major=16), UNHEALTHY_RUN)
+        stack.trigger(GENERIC_DAG, _conf(healthy, target_major=16, after_open_failure="rollback"), UNHEALTHY_RUN)
         stack.trigger(MINOR_DAG, _minor_conf(window), WINDOW_RUN)
         # the window run checked its rollback DAG is active; now an operator pauses it (before the run fails)
         _wait(lambda: _task_state(stack, MINOR_DAG, WINDOW_RUN, "plan.check_rollback_dag") == "success", 240, "check")
@@ -360,8 +360,13 @@ def test_failure_alerts_by_mail_and_webhook_and_rollback(ops: Ops) -> None:
 
 def test_unhealthy_application_after_start_triggers_rollback(ops: Ops) -> None:
     """A successful-so-far 15.18 → 16 run: the application health URL (Variable pgupgrade_app_health) answers 503
-    until its timeout, so app_health fails, the run fails and the rollback run is triggered."""
-    run_id, conf, started = UNHEALTHY_RUN, _conf(ops.healthy, target_major=16), time.monotonic()
+    until its timeout, so app_health fails, the run fails and — the run asked for it (after_open_failure=rollback;
+    the default alerts and keeps the new version serving) — the rollback run is triggered."""
+    run_id, conf, started = (
+        UNHEALTHY_RUN,
+        _conf(ops.healthy, target_major=16, after_open_failure="rollback"),
+        time.monotonic(),
+    )
     assert ops.stack.wait_run(GENERIC_DAG, run_id, timeout=400) == "failed"
     print(f"upgrade run failed after {time.monotonic() - started:.0f}s more")
     states = ops.stack.task_states(GENERIC_DAG, run_id)

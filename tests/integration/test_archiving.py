@@ -27,36 +27,15 @@ from pathlib import Path
 import pytest
 
 from pgupgrade import archiving
-from pgupgrade.scratch import InitdbOptions, create_cluster
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState
 
 from airflow_helpers import assert_rolled_back, report_of, run, upgrade_conf
-from pgharness import HOST, OS_USER, _ports, installation, seed_data, served_version, track_new
+from pgharness import HOST, OS_USER, served_version, track_new
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 STATE = Path(os.environ["PGUPGRADE_STATE_DIR"])
 XLP_LONG_HEADER = 0x0002
-
-
-def _cluster(pool, name: str, settings: dict[str, str], wal_mb: int = 16):
-    """A seeded 15.18 cluster of the pool with these settings (and WAL segments of wal_mb MiB)."""
-    inst = installation("15.18")
-    port = next(_ports)
-    home = pool.root / name
-    cluster = create_cluster(
-        inst,
-        str(home / "data"),
-        name=name,
-        port=port,
-        socket_dir=str(home / "sock"),
-        os_user=OS_USER,
-        options=InitdbOptions(wal_segsize_mb=wal_mb),
-        settings={"fsync": "off", **settings},
-    )
-    pool.track(cluster)
-    seed_data(cluster)
-    return cluster
 
 
 def _owned_dir(path: Path) -> Path:
@@ -76,7 +55,9 @@ def test_pgbackrest_too_old_for_the_target_is_refused_in_the_plan(pool):
         _owned_dir(top / sub)
     conf_file = top / "pgbackrest.conf"
     push = f"pgbackrest --config={conf_file} --stanza=demo archive-push %p"
-    old = _cluster(pool, "pgbr15", {"archive_mode": "on", "archive_command": f"'{push}'", "wal_level": "replica"})
+    old = pool.new(
+        "15.18", "pgbr15", settings={"archive_mode": "on", "archive_command": f"'{push}'", "wal_level": "replica"}
+    )
     conf_file.write_text(
         f"[global]\nrepo1-path={top}/repo\nlock-path={top}/lock\nlog-path={top}/log\nspool-path={top}/spool\n"
         "log-level-console=warn\nlog-level-file=off\narchive-timeout=30\n\n"
@@ -174,7 +155,7 @@ def test_script_archive_holds_no_wal_of_the_new_cluster_before_opening(pool, mon
     # archive_timeout: a segment switch every second of WAL activity, so that a server archiving during its private
     # phase would push segments (1 MiB segments keep that cheap)
     settings = {"archive_mode": "on", "archive_command": f"'{script} %p %f'", "archive_timeout": "'1s'"}
-    old = _cluster(pool, "arch15", settings, wal_mb=1)
+    old = pool.new("15.18", "arch15", settings=settings, wal_mb=1)
     old_sysid = _sysid(old)
     _switch_and_wait(old, arch)
 

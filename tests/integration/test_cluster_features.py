@@ -321,6 +321,7 @@ def test_swap_to_18_carries_every_feature(pool):
     upgrade_case(pool, "swap", 18, drift=True)
 
 
+@pytest.mark.full  # CI budget: the dump/restore method itself is in CI (test_major_methods, test_major_rollback)
 def test_dump_restore_to_17_carries_every_feature(pool):
     upgrade_case(pool, "dump_restore", 17)
 

@@ -34,6 +34,8 @@ DYNAMIC = {
     "backup.py:restore_custom": ["{bindir}/pg_restore"],
     "cluster.py:Service.start": ["{bindir}/pg_ctl"],
     "cluster.py:Service.stop": ["{bindir}/pg_ctl"],
+    "cluster.py:_Platform.start": ["pg_ctlcluster", "systemctl"],  # PgCtlCluster._argv, Systemd._argv
+    "cluster.py:_Platform.stop": ["pg_ctlcluster", "systemctl"],
     "major/plan.py:pg_upgrade_check": ["{bindir}/pg_upgrade"],
     "major/after.py:analyze": ["{bindir}/vacuumdb"],
     "major/transfer.py:run_pg_upgrade": ["{bindir}/pg_upgrade"],
