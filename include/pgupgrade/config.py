@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,15 +261,7 @@ class _Walk:
             raise PlanError(f"{where}: {directive} with an empty file name")
         target = resolve(written, old_path)
         if directive == "include_dir":
-            names = self.list_dir(target)
-            if names is None:
-                raise PlanError(f"{where}: include_dir {target} does not exist (PostgreSQL refuses to start)")
-            new_target = self.place(target)
-            if new_target not in self.dirs:
-                self.dirs.append(new_target)
-            for name in names:
-                path = f"{target}/{name}"
-                self.carry_included(path, self.place(path, parent=new_target))
+            new_target = self.carry_dir(target, where, self.carry_included)
         else:
             text = self.read(target)
             if text is None:
@@ -283,6 +276,20 @@ class _Walk:
         new_value = posixpath.relpath(new_target, posixpath.dirname(new_rel) or ".")
         self.rewritten.append(f"{where}: {directive} = {raw} -> {quote(new_value)} (carried as {new_target})")
         return quote(new_value)
+
+    def carry_dir(self, target: str, where: str, carry: Callable[[str, str], None]) -> str:
+        """An include_dir (postgresql.conf or pg_hba/pg_ident): each of its files carried by ``carry`` into the
+        directory's new place, which is returned."""
+        names = self.list_dir(target)
+        if names is None:
+            raise PlanError(f"{where}: include_dir {target} does not exist (PostgreSQL refuses to start)")
+        new_target = self.place(target)
+        if new_target not in self.dirs:
+            self.dirs.append(new_target)
+        for name in names:
+            path = f"{target}/{name}"
+            carry(path, self.place(path, parent=new_target))
+        return new_target
 
     def carry_included(self, old_path: str, new_rel: str, text: str | None = None) -> None:
         if new_rel in self.texts:  # included twice: carried once (a cycle never gets here: its file is unfinished)
@@ -320,14 +327,7 @@ class _Walk:
         written = token[1:-1] if len(token) >= 2 and token[0] == token[-1] == '"' else token
         target = resolve(written, old_path)
         if directive == "include_dir":
-            names = self.list_dir(target)
-            if names is None:
-                raise PlanError(f"{where}: include_dir {target} does not exist")
-            new_target = self.place(target)
-            if new_target not in self.dirs:
-                self.dirs.append(new_target)
-            for name in names:
-                self.auth_file(f"{target}/{name}", self.place(f"{target}/{name}", parent=new_target))
+            new_target = self.carry_dir(target, where, self.auth_file)
         else:
             if not exists(self.host, target, self.user):
                 if directive == "include":

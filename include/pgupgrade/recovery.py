@@ -106,10 +106,12 @@ def data_loss_risks(
     return risks
 
 
-def stop_new(upgrade_state: RunJournal, old: Cluster, host: Host) -> None:
-    """Stops the new cluster (through its own service while registered with the platform, which the
-    registration's reversal undoes first; then by pg_ctl from its data directory)."""
-    registration.unregister(upgrade_state, old, host)
+def stop_new(upgrade_state: RunJournal, old: Cluster, host: Host) -> dict[str, Any]:
+    """Stops the new cluster: a registered one through its own service by the registration's reversal
+    (``registration.unregister``, returned), then by pg_ctl from its data directory — until it is registered it
+    runs there (e.g. a dump/restore into it stopped by a crash, or validated privately), where the old cluster's
+    unit or ``pg_ctlcluster`` would act on the old cluster instead."""
+    undone = registration.unregister(upgrade_state, old, host)
     plan = upgrade_state.load("plan") or {}
     new = plan.get("new")
     if new and upgrade_state.happened("new_initdb"):
@@ -117,6 +119,7 @@ def stop_new(upgrade_state: RunJournal, old: Cluster, host: Host) -> None:
         unregistered = replace(old, bindir=new["bindir"], datadir=new["datadir"], confdir=None, service="pg_ctl")
         if exists and stop_if_running(unregistered, host):
             log.info("stopped the new cluster in %s", new["datadir"])
+    return undone
 
 
 _WAL_FILE_RE = re.compile(r"[0-9A-F]{24}|[0-9A-F]{8}\.history")

@@ -24,13 +24,13 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from pgupgrade import backup, facts, plans, registration, services, versions
+from pgupgrade import backup, facts, plans, services, versions
 from pgupgrade.cluster import Cluster, service_for
 from pgupgrade.commands import Host
 from pgupgrade.errors import CheckFailed, ConfigError, PgUpgradeError, UnsafeState
 from pgupgrade.gates import gate_for
 from pgupgrade.major.model import MajorPlan
-from pgupgrade.scratch import exists
+from pgupgrade.recovery import stop_new
 from pgupgrade.services import start_if_down
 from pgupgrade.sql import connect, fetch_named, psycopg2
 from pgupgrade.state import RunJournal
@@ -209,25 +209,10 @@ def empty_unused_new(upgrade_state: RunJournal, old: Cluster, host: Host) -> boo
     return True
 
 
-def stop_unregistered_new(upgrade_state: RunJournal, old: Cluster, host: Host) -> None:
-    """The new cluster stopped by ``pg_ctl`` (e.g. a dump/restore into it stopped by a crash while the old one
-    ran, or validated privately): until it is registered it runs from its data directory, where the old
-    cluster's unit or ``pg_ctlcluster`` would act on the old cluster instead. A registered one is stopped by its
-    own service first (``registration.unregister``)."""
-    plan = recorded_plan(upgrade_state)
-    if plan is None or not upgrade_state.happened("new_initdb"):
-        return
-    if exists(host, f"{plan.new.datadir}/PG_VERSION"):
-        new = replace(old, bindir=plan.new.bindir, datadir=plan.new.datadir, confdir=None, service="pg_ctl")
-        if services.stop_if_running(new, host):
-            log.info("stopped the new cluster in %s", new.datadir)
-
-
 def bring_back_old(path: str, upgrade_state: RunJournal, old: Cluster, host: Host) -> dict[str, Any]:
     """Undoes the new cluster's registration (``registration.unregister``: by the journal), stops the new cluster,
     restores pg_control if needed and starts the old cluster by its own service."""
-    undone = registration.unregister(upgrade_state, old, host)
-    stop_unregistered_new(upgrade_state, old, host)
+    undone = stop_new(upgrade_state, old, host)
     empty_unused_new(upgrade_state, old, host)
     if path == RollbackPath.RESTORE_PG_CONTROL:
         host.run(
