@@ -28,7 +28,9 @@ HOST = LocalHost()
 OS_USER = "postgres"
 EXT_SRC = Path(__file__).resolve().parent / "extension" / "pg_tviews"
 BASE = Path(os.environ.get("PGUPGRADE_TEST_DIR", "/tmp/pgupgrade-tests"))
-_ports = itertools.count(56000 + (os.getpid() % 500) * 8)
+# below Linux's ephemeral range (32768-60999): a server that listens on TCP must never find its port taken by a
+# client's outgoing connection while it is stopped (a cutover restarts it on the same port); 100 per worker
+_ports = itertools.count(20000 + (os.getpid() % 80) * 100)
 
 
 @cache

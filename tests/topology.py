@@ -358,7 +358,7 @@ class SecondHost:
         except BaseException:
             self.stop()
             raise
-        self._next_port = 57000 + (os.getpid() % 400) * 4
+        self._next_port = 28000 + (os.getpid() % 100) * 40  # as pgharness: below the ephemeral range
         return self
 
     def _namespace(self, db_home: str) -> Namespace:
