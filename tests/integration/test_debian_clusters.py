@@ -156,9 +156,13 @@ def assert_registered(dc: DebianCluster) -> None:
     assert not (DATA / NEW / dc.name / "postgresql.conf").exists()  # the configuration lives in /etc only
 
 
-def test_rollback_after_opening_restores_the_registration_exactly(pool, debian_cluster, monkeypatch):
-    """CI's case: the upgrade registers the new major and opens; a failure after opening (after_open_failure=
-    rollback) triggers the rollback, which puts every file of the registration back."""
+@pytest.mark.parametrize(
+    ("mode", "path"), [("link", "restore_backup"), pytest.param("copy", "old_intact", marks=pytest.mark.full)]
+)
+def test_rollback_after_opening_restores_the_registration_exactly(pool, debian_cluster, monkeypatch, mode, path):
+    """CI's case (link): the upgrade registers the new major and opens; a failure after opening
+    (after_open_failure=rollback) triggers the rollback — from the base backup in link mode, the old cluster
+    untouched in copy mode — which puts every file of the registration back."""
     dc = debian_cluster
     before = dc.lsclusters()
     assert before == {OLD: [str(dc.port), "online", "postgres", f"{DATA}/{OLD}/{dc.name}",
@@ -166,7 +170,7 @@ def test_rollback_after_opening_restores_the_registration_exactly(pool, debian_c
     files = {p: p.read_bytes() for p in sorted(dc.old_etc.rglob("*")) if p.is_file()}
     monkeypatch.setenv("PGUPGRADE_INJECT_FAILURE", "refresh_tviews")  # the first step after opening
     # after_open_failure=rollback: a failure after opening triggers the rollback (default: alert, keep serving)
-    dr, states = run("pg_major_upgrade", _conf(pool, dc, transfer_mode="copy", after_open_failure="rollback"))
+    dr, states = run("pg_major_upgrade", _conf(pool, dc, transfer_mode=mode, after_open_failure="rollback"))
     assert dr.state == "failed" and states["after.refresh_tviews"] == "failed", states
     journal = RunState.for_run(dr.dag_id, dr.run_id, STATE)
     events = [e["event"] for e in journal.events()]
@@ -176,7 +180,7 @@ def test_rollback_after_opening_restores_the_registration_exactly(pool, debian_c
     rdr, rstates = run_triggered_rollback("pg_major_upgrade_rollback", dr.run_id)
     assert rdr.state == "success", rstates
     decision = RunState.for_run("pg_major_upgrade_rollback", rdr.run_id, STATE).load("decision")
-    assert decision["path"] == "old_intact", decision
+    assert decision["path"] == path, decision
     assert dc.lsclusters() == before  # started by pg_ctlcluster on its port; the new major unregistered
     assert not (ETC / NEW / dc.name).exists()
     assert {p: p.read_bytes() for p in sorted(dc.old_etc.rglob("*")) if p.is_file()} == files  # byte for byte
