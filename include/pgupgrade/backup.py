@@ -86,13 +86,27 @@ def take(
         raise CheckFailed(f"backup_dir {backup_dir} is not empty; give each run its own directory")
     started = now_iso()
     host.run(
-        [f"{bindir}/pg_dumpall", "--globals-only", "-f", f"{backup_dir}/{GLOBALS}"], user=user, env=env, timeout=600
+        [f"{bindir}/pg_dumpall", "-w", "--globals-only", "-f", f"{backup_dir}/{GLOBALS}"],
+        user=user,
+        env=env,
+        timeout=600,
     )
     dumps: dict[str, dict[str, Any]] = {}
     for db in databases:
         target = f"{backup_dir}/db-{safe_name(db)}"
         host.run(
-            [f"{bindir}/pg_dump", "-Fd", "-j", str(jobs), *(["-Z", "0"] if transfer else []), "-f", target, "-d", db],
+            [
+                f"{bindir}/pg_dump",
+                "-w",
+                "-Fd",
+                "-j",
+                str(jobs),
+                *(["-Z", "0"] if transfer else []),
+                "-f",
+                target,
+                "-d",
+                db,
+            ],
             user=user,
             env=cluster.libpq_env(db),
             timeout=24 * 3600,
@@ -121,7 +135,7 @@ def restore(cluster: Cluster, host: Host, manifest: dict[str, Any], *, jobs: int
     user = cluster.os_user
     psql = cluster.bin("psql")
     res = host.run(
-        [psql, "-X", "-q", "-d", "postgres", "-f", f"{manifest['backup_dir']}/{GLOBALS}"],
+        [psql, "-X", "-w", "-q", "-d", "postgres", "-f", f"{manifest['backup_dir']}/{GLOBALS}"],
         user=user,
         env=cluster.libpq_env("postgres"),
         timeout=600,
@@ -136,7 +150,7 @@ def restore(cluster: Cluster, host: Host, manifest: dict[str, Any], *, jobs: int
         ).stdout.split()
     )
     for db, meta in manifest["databases"].items():
-        argv = [cluster.bin("pg_restore"), "-j", str(jobs), "--exit-on-error"]
+        argv = [cluster.bin("pg_restore"), "-w", "-j", str(jobs), "--exit-on-error"]
         if db in existing:
             argv += ["-d", db]
         else:
@@ -339,7 +353,9 @@ def dump_custom(
     dumps: dict[str, dict[str, Any]] = {}
     for db in databases:
         target = f"{backup_dir}/db-{safe_name(db)}.dump"
-        host.run([f"{bindir}/pg_dump", "-Fc", "-f", target], user=user, env=cluster.libpq_env(db), timeout=24 * 3600)
+        host.run(
+            [f"{bindir}/pg_dump", "-w", "-Fc", "-f", target], user=user, env=cluster.libpq_env(db), timeout=24 * 3600
+        )
         entries = toc(host, target, user, bindir)
         missing = [f"{d} {s}.{n}" for d, s, n in (required or {}).get(db, []) if not toc_has(entries, d, s, n)]
         if missing:
@@ -354,7 +370,7 @@ def restore_custom(cluster: Cluster, host: Host, archive: str, db: str, *, bindi
     from psycopg2.extensions import make_dsn
 
     bindir = bindir or cluster.bindir
-    argv = [f"{bindir}/pg_restore", "--clean", "--if-exists", "--single-transaction", "--exit-on-error",
+    argv = [f"{bindir}/pg_restore", "-w", "--clean", "--if-exists", "--single-transaction", "--exit-on-error",
             "-d", make_dsn(dbname=db), archive]  # fmt: skip
     host.run(argv, user=cluster.os_user, env=cluster.libpq_env(db), timeout=24 * 3600)
     log.info("restored %s from %s", db, archive)

@@ -128,13 +128,21 @@ INVENTORY: tuple[Privilege, ...] = (
     _os("cat", "read configuration files, backup_label (backup, scratch, major.transfer)"),
     _os("cp", "copy configuration, backups, WAL back (backup, recovery, major.transfer)"),
     _os("du", "size of a base backup (backup)"),
-    _os("find", "list and checksum backups, empty-directory checks, pg_upgrade logs (backup, scratch, major)"),
+    _os(
+        "find",
+        "list and checksum backups, empty-directory checks, pg_upgrade logs, tablespace links"
+        " (backup, scratch, major, recovery)",
+    ),
     _os("head", "postmaster.pid's first line (minor.installers)"),
     _os("kill", "kill -0: is the postmaster alive (minor.rollback)"),
     _os("ln", "point a rebuilt data directory's pg_tblspc link at its tablespace again (backup)"),
     _os("ls", "list WAL set aside (recovery)"),
     _os("mkdir", "backup, socket, log and work directories (backup, services, scratch, cluster, major.transfer)"),
-    _os("mv", "set the old data directory aside, pg_control.old back (recovery, major.rollback)"),
+    _os(
+        "mv",
+        "set the old data directory and rolled-back tablespace directories aside, pg_control.old back"
+        " (recovery, major.rollback)",
+    ),
     _os("pgbackrest", "version, stanza-upgrade, check and full backup of the new cluster (archiving)"),
     _os("readlink", "/proc/<pid>/exe of the postmaster (minor.installers)"),
     _os("rm", "work directories, dumps, leftovers of a failed initdb, the old cluster (major, recovery)"),

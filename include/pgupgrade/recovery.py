@@ -119,7 +119,38 @@ def stop_new(upgrade_state: RunJournal, old: Cluster, host: Host) -> dict[str, A
         unregistered = replace(old, bindir=new["bindir"], datadir=new["datadir"], confdir=None, service="pg_ctl")
         if exists and stop_if_running(unregistered, host):
             log.info("stopped the new cluster in %s", new["datadir"])
+        if exists and not upgrade_state.happened("new_tablespaces_set_aside"):
+            major = versions.Version.parse(new["version"]).major
+            moved = set_aside_version_dirs(new["datadir"], major, old.os_user, host)
+            upgrade_state.record("new_tablespaces_set_aside", moved=moved)
     return undone
+
+
+def set_aside_version_dirs(datadir: str, major: int, user: str, host: Host) -> list[str]:
+    """The ``PG_<major>_<catalog version>`` directories in every tablespace location ``datadir``'s pg_tblspc links
+    to, moved aside (``.rolled-back-<time>``, never deleted): a rolled-back new cluster's out of the way of the
+    next run (pg_upgrade refuses a new cluster whose tablespace directory exists), a failed old one's out of the way
+    of a restore's CREATE TABLESPACE at the same location. Returns where they went."""
+    links = host.run(
+        ["find", f"{datadir}/pg_tblspc", "-mindepth", "1", "-maxdepth", "1", "-type", "l", "-printf", "%l\\n"],
+        user=user,
+        check=False,
+    )
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    moved = []
+    for location in links.stdout.splitlines() if links.exit_code == 0 else []:
+        found = host.run(
+            ["find", location, "-mindepth", "1", "-maxdepth", "1", "-type", "d",
+             "-regextype", "posix-extended", "-regex", f".*/PG_{major}_[0-9]+"],
+            user=user,
+            check=False,
+        )  # fmt: skip
+        for version_dir in found.stdout.splitlines():
+            aside = f"{version_dir}.rolled-back-{stamp}"
+            host.run(["mv", "--", version_dir, aside], user=user)
+            log.info("tablespace directory %s moved aside to %s", version_dir, aside)
+            moved.append(aside)
+    return moved
 
 
 _WAL_FILE_RE = re.compile(r"[0-9A-F]{24}|[0-9A-F]{8}\.history")
@@ -244,6 +275,9 @@ def restore_from_backup(
         host.run(["rm", "-rf", "--", old.datadir], user=old.os_user)  # a half-done initdb of this rollback
         initdb(inst, old.datadir, InitdbOptions(**plan["initdb"]), os_user=old.os_user, host=host)
         carry_config_from(aside, old, host)
+    # the failed old cluster's tablespace files stay with its data directory, aside; CREATE TABLESPACE refuses a
+    # location that holds its major's directory
+    set_aside_version_dirs(aside, versions.Version.parse(plan["old"]["version"]).major, old.os_user, host)
     service_for(old, host).start()
     backup.LOGICAL.restore(old, host, manifest)
     return aside

@@ -9,6 +9,7 @@ mode x {upgrade, rollback} runs under ``-m slow``."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -293,6 +294,10 @@ def rollback_case(pool: Pool, monkeypatch: pytest.MonkeyPatch, mode: str, major:
     monkeypatch.delenv("PGUPGRADE_INJECT_FAILURE")
     assert_rolled_back(old, "pg_major_upgrade", dr.run_id, ROLLBACK_PATH[mode])
     check_features(feat, old, 15)
+    # the new cluster's tablespace directory moved aside, not left where the next run's pg_upgrade would refuse it
+    names = sorted(p.name for p in Path(feat.tablespace_dir).iterdir())
+    assert not [n for n in names if re.fullmatch(rf"PG_{major}_\d+", n)], names
+    assert [n for n in names if re.fullmatch(rf"PG_{major}_\d+\.rolled-back-\d{{8}}T\d{{6}}", n)], names
     print(f"features {mode} → {major} rollback: {time.monotonic() - started:.1f}s")
     _end_of_check()
 

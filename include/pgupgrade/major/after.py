@@ -34,7 +34,7 @@ def rebuild_collation_indexes(ctx: RunContext) -> dict[str, Any]:
 def analyze(ctx: RunContext) -> None:
     plan_ = ctx.plan(MajorPlan)
     new = new_cluster(ctx, plan_, private=False)
-    argv = [new.bin("vacuumdb"), "--all", "--analyze-in-stages", "-j", str(ctx.params["jobs"])]
+    argv = [new.bin("vacuumdb"), "-w", "--all", "--analyze-in-stages", "-j", str(ctx.params["jobs"])]
     if versions.Version.parse(plan_.new.version).major >= 18:
         argv.append("--missing-stats-only")  # pg_upgrade 18 carries statistics over
     ctx.host.run(argv, user=ctx.cluster.os_user, env=new.libpq_env("postgres"), timeout=24 * 3600)

@@ -124,7 +124,7 @@ def update_extensions(ctx: RunContext) -> dict[str, Any]:
     ran = False
     if exists(ctx.host, script, ctx.cluster.os_user):
         ctx.host.run(
-            [new_private.bin("psql"), "-X", "-v", "ON_ERROR_STOP=1", "-f", script],
+            [new_private.bin("psql"), "-X", "-w", "-v", "ON_ERROR_STOP=1", "-f", script],
             user=ctx.cluster.os_user,
             env=new_private.libpq_env("postgres"),
         )
