@@ -33,6 +33,11 @@ BASE = Path(os.environ.get("PGUPGRADE_TEST_DIR", "/tmp/pgupgrade-tests"))
 _ports = itertools.count(20000 + (os.getpid() % 80) * 100)
 
 
+def server_port() -> int:
+    """A port for a test's PostgreSQL server (this worker's range, below the ephemeral one)."""
+    return next(_ports)
+
+
 @cache
 def all_installations() -> list[versions.Installation]:
     return versions.discover()
@@ -82,7 +87,7 @@ class Pool:
         wal_mb: int = 16,
     ) -> Cluster:
         inst = installation(version)
-        port = next(_ports)
+        port = server_port()
         name = name or f"pg{inst.major}_{port}"
         home = self.root / name
         cluster = create_cluster(

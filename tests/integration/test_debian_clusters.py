@@ -28,7 +28,7 @@ from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState
 
 from airflow_helpers import run, run_triggered_rollback, upgrade_conf
-from pgharness import OS_USER, data_checks_out, installation, seed_data, served_version
+from pgharness import OS_USER, data_checks_out, installation, seed_data, served_version, server_port
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 STATE = Path(os.environ["PGUPGRADE_STATE_DIR"])
@@ -75,20 +75,12 @@ class DebianCluster:
         return {f[0]: f[2:] for f in (line.split() for line in out.splitlines()) if len(f) > 2 and f[1] == self.name}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def debian_cluster(debian_majors, pool) -> Iterator[DebianCluster]:
     """A Debian cluster of the old major (pg_createcluster, started by pg_ctlcluster) with tuning in conf.d,
     seeded; dropped afterwards with whatever the upgrade made of it (new cluster, data and work directories, logs)."""
     name = f"pgu{os.getpid()}n{next(_names)}"
-    port = _free_port()
+    port = server_port()  # Debian's clusters listen on localhost too: outside the ephemeral range
     existed = {p: p.exists() for p in (ETC / OLD, ETC / NEW, DATA / OLD, DATA / NEW)}
     sh("pg_createcluster", OLD, name, "-p", str(port), "--locale", "C", "-e", "UTF8", "--", "--auth=trust")
     (ETC / OLD / name / "conf.d" / "tuning.conf").write_text("work_mem = '9MB'\nfsync = off\n")

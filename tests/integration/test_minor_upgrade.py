@@ -402,7 +402,7 @@ def test_apt_installer_upgrade_and_rollback(pool: Pool) -> None:
         pytest.skip(f"cannot download postgresql-15 {target}: {download.stderr[-300:]}")
 
     name = f"pgupg_apt_{os.getpid()}"
-    port = next(pgharness._ports)
+    port = pgharness.server_port()
     ext_dir = Path("/usr/share/postgresql/15/extension")
     added = [ext_dir / f.name for f in pgharness.EXT_SRC.glob("pg_tviews*") if not (ext_dir / f.name).exists()]
     before_clusters = {c["name"]: c["status"] for c in installers.debian_clusters(HOST)}
