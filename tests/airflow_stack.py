@@ -1,6 +1,6 @@
 """A real Airflow 3.3 deployment for end-to-end tests: api-server, scheduler (LocalExecutor), dag-processor and
 triggerer (deferred work and DeadlineAlert callbacks), with its metadata database in a PostgreSQL cluster of the
-test pool. Talks to it over the REST API.
+test pool. Talks to it over the REST API; ``chrome`` and ``ui_login`` drive its UI in headless Debian chromium.
 
 ``executor="CeleryExecutor"`` (with ``broker_url``) configures the same processes for celery workers started
 elsewhere (tests/topology.py ``DistributedAirflow``): result backend in the metadata database, late acks, a
@@ -28,6 +28,44 @@ from pgupgrade.sql import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "e2e-admin-password"
+
+
+def chrome() -> Any:
+    """Headless Debian chromium through selenium (chromium + chromium-driver from include/scripts/install.sh)."""
+    import pytest
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
+        pytest.fail("Debian chromium + chromium-driver missing: run include/scripts/install.sh")
+    opts = webdriver.ChromeOptions()
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1600",
+    ):
+        opts.add_argument(arg)
+    opts.binary_location = "/usr/bin/chromium"
+    return webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
+
+
+def ui_login(driver: Any, base: str, timeout: float = 30) -> None:
+    """Logs the browser into the stack's UI (simple auth manager) as ``admin``."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, timeout)
+    driver.get(f"{base}/auth/login")
+    wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
+    driver.find_element(By.NAME, "password").send_keys(PASSWORD)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait.until(lambda d: "/auth/login" not in d.current_url)
 
 
 def free_port() -> int:

@@ -1,8 +1,9 @@
 """Decisions a person takes in the Airflow UI (Human-in-the-loop tasks), under the real scheduler, executor,
 dag-processor, triggerer and api-server — one stack and one upgraded cluster for the module, the cases in order:
 
-1. `pg_major_upgrade_cleanup` without `confirm_delete`: `approve_delete` waits; answered *Reject* through the REST
-   API → nothing deleted, the journal names the user.
+1. `pg_major_upgrade_cleanup` without `confirm_delete`: `approve_delete` waits; answered *Reject* in the browser
+   (headless Debian chromium logs into the UI and clicks the option on the task's Required Actions view; the REST
+   API confirms the response) → nothing deleted, the journal names the user.
 2. again, with `decision_timeout_s` = 10 and no answer: the scheduler applies the safe default (Reject) → kept.
 3. `pg_major_upgrade_rollback` by hand after clients wrote to the new cluster: `choose_path` waits; answered
    *Keep the new version serving* → the run ends failed with nothing changed, the new version serves on with every
@@ -16,13 +17,16 @@ Budget: about 3 minutes on 2 cores, most of it the upgrade."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -32,14 +36,14 @@ from pgupgrade.cluster import Cluster
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState
 
-from airflow_stack import AirflowStack
+from airflow_stack import AirflowStack, chrome, ui_login
 from pgharness import APP_DB, connection_env, installation, served_version, track_new
 
 pytestmark = pytest.mark.scheduler
 UPGRADE, CLEANUP, ROLLBACK = "pg15_to_pg16_upgrade", "pg_major_upgrade_cleanup", "pg_major_upgrade_rollback"
 UPGRADE_RUN = "hitl-upgrade"
 TAILS = ("release_lock", "finish", "report")  # fail (or run) because another task failed
-USER = "admin"  # the stack's REST user: the one who answers
+USER = "admin"  # the stack's REST and UI user: the one who answers
 
 
 @dataclass
@@ -166,15 +170,62 @@ def answer(h: Hitl, dag_id: str, run_id: str, task_id: str, option: str) -> dict
     return q
 
 
+def answer_in_the_browser(
+    h: Hitl, dag_id: str, run_id: str, task_id: str, option: str, artifacts: Path
+) -> dict[str, Any]:
+    """As a person: logs into the UI, opens the task instance's Required Actions view, clicks the option (an
+    Approve/Reject question shows one button per option, a click responds), waits for the UI to confirm; then
+    checks over REST that the response was recorded, from `admin`, with that option. Screenshot and page source
+    into `artifacts` on failure."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    q = wait_question(h, dag_id, run_id, task_id)
+    assert option in q["options"] and not q.get("response_received"), q
+    url = f"{h.stack.base}/dags/{quote(dag_id)}/runs/{quote(run_id)}/tasks/{quote(task_id)}/required_actions"
+    button_xpath = f"//button[normalize-space(.)='{option}']"  # the option's label is the button's text
+    started, driver = time.monotonic(), chrome()
+    try:
+        wait = WebDriverWait(driver, 60)
+        ui_login(driver, h.stack.base)
+        driver.get(url)
+        # enabled once the UI has the question and sees the task awaiting input
+        wait.until(lambda d: [b for b in d.find_elements(By.XPATH, button_xpath) if b.is_enabled()])
+        [button] = driver.find_elements(By.XPATH, button_xpath)
+        text = str(driver.find_element(By.TAG_NAME, "body").text)
+        assert q["subject"].splitlines()[0].strip() in text, f"the question is not on the page:\n{text}"
+        print(f"{url}: option buttons {[b.text for b in driver.find_elements(By.CSS_SELECTOR, 'footer button')]}")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+        button.click()
+        done, failed = f"{task_id} response successful", "Response failed"  # the UI's toasts (hitl.json)
+        wait.until(lambda d: any(t in str(d.find_element(By.TAG_NAME, "body").text) for t in (done, failed)))
+        assert failed not in str(driver.find_element(By.TAG_NAME, "body").text), "the UI says: Response failed"
+    except Exception:
+        shot, source = artifacts / f"{run_id}-{task_id}.png", artifacts / f"{run_id}-{task_id}.html"
+        driver.save_screenshot(str(shot))
+        source.write_text(driver.page_source)
+        print(f"screenshot: {shot}; page source: {source}")
+        raise
+    finally:
+        driver.quit()
+    got = h.stack.api("GET", _hitl_path(dag_id, run_id, task_id))
+    assert got["response_received"] and got["chosen_options"] == [option], got
+    assert (got.get("responded_by_user") or {}).get("name") == USER, got
+    print(f"{option!r} clicked in the browser by {USER}, recorded: {time.monotonic() - started:.0f}s")
+    return q
+
+
 def _orders(cluster: Cluster) -> int:
     with connect(cluster, APP_DB) as conn:
         return int(scalar(conn, "SELECT count(*) FROM orders"))
 
 
-def test_cleanup_rejected_through_the_rest_api_keeps_the_old_cluster(hitl: Hitl) -> None:
+def test_cleanup_rejected_in_the_browser_keeps_the_old_cluster(hitl: Hitl, tmp_path: Path) -> None:
     run_id, started = "hitl-cleanup-reject", time.monotonic()
+    artifacts = Path(os.environ.get("PGUPGRADE_TEST_ARTIFACTS") or tmp_path)  # screenshot + page source
+    artifacts.mkdir(parents=True, exist_ok=True)
     hitl.stack.trigger(CLEANUP, {**hitl.base_conf(), "min_age_hours": 0}, run_id)
-    q = answer(hitl, CLEANUP, run_id, "approve_delete", decisions.REJECT)
+    q = answer_in_the_browser(hitl, CLEANUP, run_id, "approve_delete", decisions.REJECT, artifacts)
     assert hitl.old.datadir in q["subject"] and q["defaults"] == [decisions.REJECT], q
     assert wait_run(hitl.stack, CLEANUP, run_id, timeout=120) == "success", _why(hitl.stack, CLEANUP, run_id)
     states = hitl.stack.task_states(CLEANUP, run_id)
@@ -189,15 +240,19 @@ def test_cleanup_unanswered_takes_the_safe_default_after_its_timeout(hitl: Hitl)
     run_id, started = "hitl-cleanup-timeout", time.monotonic()
     hitl.stack.trigger(CLEANUP, {**hitl.base_conf(), "min_age_hours": 0, "decision_timeout_s": 10}, run_id)
     wait_question(hitl, CLEANUP, run_id, "approve_delete")
-    asked = time.monotonic()
     assert wait_run(hitl.stack, CLEANUP, run_id, timeout=120) == "success"
-    waited = time.monotonic() - asked
+    # when the scheduler applied the default, from the question's own times (the test's clock saw it later)
+    q = hitl.stack.api("GET", _hitl_path(CLEANUP, run_id, "approve_delete"))
+    created, responded = (
+        dt.datetime.fromisoformat(q[k].replace("Z", "+00:00")) for k in ("created_at", "responded_at")
+    )
+    waited = (responded - created).total_seconds()
     states = hitl.stack.task_states(CLEANUP, run_id)
     assert states["delete_old_cluster"] == "skipped", states
     assert Path(hitl.old.datadir, "PG_VERSION").exists()
     [d] = decisions.taken(hitl.journal(CLEANUP, run_id), "approve_delete")
     assert (d["chosen"], d["source"], d["by"]) == (decisions.REJECT, decisions.TIMEOUT, None), d
-    assert waited >= 8, f"ended {waited:.0f}s after asking: before its 10 s timeout"
+    assert waited >= 9.5, f"the default was taken {waited:.1f}s after the question: before its 10 s timeout"
     print(f"cleanup unanswered: safe default after {waited:.0f}s (total {time.monotonic() - started:.0f}s)")
 
 

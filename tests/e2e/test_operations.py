@@ -24,7 +24,7 @@ import pytest
 from pgupgrade.cluster import Cluster
 from pgupgrade.sql import connect, scalar
 
-from airflow_stack import PASSWORD, AirflowStack, free_port
+from airflow_stack import AirflowStack, chrome, free_port, ui_login
 from pgharness import APP_DB, connection_env, installation
 
 pytestmark = pytest.mark.scheduler
@@ -227,28 +227,6 @@ def _assert_rollback_triggered(ops: Ops, dag_id: str, run_id: str, cluster: Clus
     return dict(run)
 
 
-def _chrome() -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
-        pytest.fail("Debian chromium + chromium-driver missing: run include/scripts/install.sh")
-    opts = webdriver.ChromeOptions()
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1600",
-    ):
-        opts.add_argument(arg)
-    opts.binary_location = "/usr/bin/chromium"
-    return webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
-
-
 def test_trigger_form_in_the_ui_rejects_a_bad_value(ops: Ops, tmp_path: Path) -> None:
     """Headless chromium logs into the UI, opens the trigger form of pg15_to_pg16_upgrade, finds the documented
     fields, fills the form validly, then types a bad value (Parallel jobs = 0, minimum 1): the form refuses it and
@@ -261,14 +239,10 @@ def test_trigger_form_in_the_ui_rejects_a_bad_value(ops: Ops, tmp_path: Path) ->
     artifacts.mkdir(parents=True, exist_ok=True)
     shot = artifacts / "trigger-form-rejected.png"
     before = _run_ids(ops)
-    driver = _chrome()
+    driver = chrome()
     try:
         wait = WebDriverWait(driver, 30)
-        driver.get(f"{ops.stack.base}/auth/login")
-        wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
-        driver.find_element(By.NAME, "password").send_keys(PASSWORD)
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait.until(lambda d: "/auth/login" not in d.current_url)
+        ui_login(driver, ops.stack.base)
 
         driver.get(f"{ops.stack.base}/dags/{UPGRADE_DAG}")
         wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space(.)='Trigger']"))).click()
