@@ -29,8 +29,9 @@ OS_USER = "postgres"
 EXT_SRC = Path(__file__).resolve().parent / "extension" / "pg_tviews"
 BASE = Path(os.environ.get("PGUPGRADE_TEST_DIR", "/tmp/pgupgrade-tests"))
 # below Linux's ephemeral range (32768-60999): a server that listens on TCP must never find its port taken by a
-# client's outgoing connection while it is stopped (a cutover restarts it on the same port); 100 per worker
-_ports = itertools.count(20000 + (os.getpid() % 80) * 100)
+# client's outgoing connection while it is stopped (a cutover restarts it on the same port); and outside the
+# product's private ports (20000-29999, services.private_port); 100 per worker
+_ports = itertools.count(10000 + (os.getpid() % 90) * 100)
 
 
 def server_port() -> int:
@@ -104,6 +105,28 @@ class Pool:
         if seed:
             seed_data(cluster)
         return cluster
+
+    def standby(self, primary: Cluster, name: str | None = None, *, start: bool = True) -> Cluster:
+        """A streaming standby of ``primary`` on this host: ``pg_basebackup -R`` over the primary's Unix socket,
+        its own port, socket and ``cluster_name`` (the name it streams under), started unless asked not to."""
+        port = server_port()
+        name = name or f"{primary.name}_s{port}"
+        home = self.root / name
+        HOST.run(["mkdir", "-p", str(home / "sock")], user=OS_USER)
+        HOST.run(
+            [primary.bin("pg_basebackup"), "-h", primary.host, "-p", str(primary.port), "-U", primary.user,
+             "-D", str(home / "data"), "-R", "-X", "stream", "-c", "fast", "-w"],
+            user=OS_USER,
+            timeout=600,
+        )  # fmt: skip
+        settings = {"port": str(port), "unix_socket_directories": f"'{home / 'sock'}'", "cluster_name": f"'{name}'"}
+        write_settings(HOST, f"{home}/data/postgresql.conf", settings, OS_USER)
+        standby = replace(primary, name=name, host=str(home / "sock"), port=port, datadir=str(home / "data"))
+        standby = replace(standby, standbys=())
+        if start:
+            Service(standby, HOST).start()
+        self.clusters.append(standby)
+        return standby
 
     def with_config_outside(self, cluster: Cluster) -> Cluster:
         """Moves the configuration files out of the data directory, as Debian's pg_createcluster lays them

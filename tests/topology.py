@@ -358,7 +358,8 @@ class SecondHost:
         except BaseException:
             self.stop()
             raise
-        self._next_port = 28000 + (os.getpid() % 100) * 40  # as pgharness: below the ephemeral range
+        # as pgharness: below the ephemeral range, above the product's private ports
+        self._next_port = 30000 + (os.getpid() % 60) * 40
         return self
 
     def _namespace(self, db_home: str) -> Namespace:

@@ -33,7 +33,7 @@ def upgrade_blockers(cluster: Cluster, old_major: int, databases: list[str]) -> 
     """What pg_upgrade cannot carry or would orphan."""
     out: list[Blocker] = []
     with connect(cluster) as conn:
-        for s in fetch_named(conn, "standbys"):
+        for s in fetch_named(conn, "replication"):
             out.append(
                 Blocker(
                     "standby",

@@ -3,8 +3,9 @@
 A cluster is built from a postgres connection (Airflow's or a plain mapping) whose ``extra`` JSON carries
 ``pg_bindir``, ``pg_datadir``, ``os_user``, ``service`` (``pg_ctl`` | ``systemd:<unit>`` |
 ``pg_ctlcluster <version> <name>``), optionally ``pg_confdir`` (configuration outside the data directory),
-``ssh_conn_id`` (absent: the worker is on the database host) and ``new_service`` (the unit a major upgrade's new
-cluster runs under, when the old one's is an admin-named systemd unit).
+``ssh_conn_id`` (absent: the worker is on the database host), ``new_service`` (the unit a major upgrade's new
+cluster runs under, when the old one's is an admin-named systemd unit) and ``standbys`` (the Airflow postgres
+connection ids of the cluster's streaming standbys, each with an ``extra`` of its own: ``pgupgrade.topology``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 _SERVICE_RE = re.compile(r"^(pg_ctl|systemd:[A-Za-z0-9@._-]+|pg_ctlcluster \d+ [A-Za-z0-9._-]+)$")
 _OS_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_CONN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 
 
 def _abs_path(field_name: str, value: Any) -> str:
@@ -52,6 +54,8 @@ class Cluster:
     # the service the cluster's next major runs under when it cannot be derived from ``service`` (an admin-named
     # systemd unit): connection extra ``new_service``, e.g. ``systemd:pg17.service``
     new_service: str | None = None
+    # the connection ids of its streaming standbys (connection extra ``standbys``)
+    standbys: tuple[str, ...] = ()
     password: str | None = field(default=None, repr=False, compare=False)
     # where this process reaches the server when not at host/port (a forwarded port: ``tunnel.forward``)
     reach: tuple[str, int] | None = field(default=None, repr=False, compare=False)
@@ -94,6 +98,11 @@ class Cluster:
             new_service = str(new_service)
             parse_service(new_service, f"{name}.extra.new_service")
         ssh_conn_id = extra.get("ssh_conn_id") or None
+        standbys = extra.get("standbys") or []
+        if not isinstance(standbys, list) or not all(isinstance(s, str) and _CONN_ID_RE.match(s) for s in standbys):
+            raise ConfigError(f"{name}.extra.standbys", "must be a list of Airflow connection ids, one per standby")
+        if name in standbys or len(set(standbys)) != len(standbys):
+            raise ConfigError(f"{name}.extra.standbys", "names a connection twice, or the cluster's own")
         return cls(
             name=name,
             host=host,
@@ -108,6 +117,7 @@ class Cluster:
             confdir=confdir,
             ssh_conn_id=str(ssh_conn_id) if ssh_conn_id else None,
             new_service=new_service,
+            standbys=tuple(standbys),
         )
 
     def to_extra(self) -> dict[str, Any]:
@@ -123,6 +133,8 @@ class Cluster:
             extra["ssh_conn_id"] = self.ssh_conn_id
         if self.new_service:
             extra["new_service"] = self.new_service
+        if self.standbys:
+            extra["standbys"] = list(self.standbys)
         return extra
 
     def with_installation(self, bindir: str, datadir: str | None = None) -> Cluster:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -9,7 +10,7 @@ from pgupgrade import identity, plans
 from pgupgrade import state as run_state
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
-from pgupgrade.errors import UnsafeState
+from pgupgrade.errors import ConfigError, UnsafeState
 from pgupgrade.profiles import ExtensionProfile
 from pgupgrade.state import Lock, RunJournal, RunStore
 from pgupgrade.state.spool import Spool
@@ -28,8 +29,18 @@ class RunContext:
     profile: ExtensionProfile
     spec: dict[str, Any] = field(default_factory=dict)  # fixed by the DAG factory (e.g. from/to major)
     store: RunStore = field(default_factory=run_state.store)  # where ``state`` and the cluster lock live
+    # a standby's connection id → its cluster and the host it runs on (the Airflow layer reads connections)
+    resolve: Callable[[str], tuple[Cluster, Host]] | None = field(default=None, repr=False, compare=False)
     _plans: dict[type, Any] = field(default_factory=dict, repr=False, compare=False)
     _lock_key: str | None = field(default=None, repr=False, compare=False)
+
+    def standbys(self) -> list[tuple[Cluster, Host]]:
+        """The cluster's standbys as its connection lists them (extra ``standbys``), each with its host."""
+        if not self.cluster.standbys:
+            return []
+        if self.resolve is None:
+            raise ConfigError(f"{self.cluster.name}.extra.standbys", "no way to read the standbys' connections here")
+        return [self.resolve(conn_id) for conn_id in self.cluster.standbys]
 
     def plan(self, cls: type[P]) -> P:
         """This run's recorded plan as its runbook's type, read once per context."""

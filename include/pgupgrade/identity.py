@@ -80,9 +80,11 @@ def served(cluster: Cluster) -> dict[str, Any]:
         return fetch_named(conn, "server-identity")[0]
 
 
-def verify(cluster: Cluster, host: Host, *, expect_identifier: str | None = None) -> dict[str, Any]:
-    """Refuses (UnsafeState, both values named) unless the server on the connection is the primary whose data
-    directory is ``pg_datadir`` on ``host``. Returns the proven identity (for the journal)."""
+def verify(
+    cluster: Cluster, host: Host, *, expect_identifier: str | None = None, standby: bool = False
+) -> dict[str, Any]:
+    """Refuses (UnsafeState, both values named) unless the server on the connection is the primary (``standby``:
+    a standby) whose data directory is ``pg_datadir`` on ``host``. Returns the proven identity (for the journal)."""
     view = on_host(cluster, host)
     srv = served(cluster)
     where = f"{host.name}:{cluster.datadir}"
@@ -92,8 +94,10 @@ def verify(cluster: Cluster, host: Host, *, expect_identifier: str | None = None
             f"system identifier: the connection's server has {srv['system_identifier']}, pg_controldata of {where} "
             f"says {view.system_identifier}"
         )
-    if srv["in_recovery"]:
+    if srv["in_recovery"] and not standby:
         problems.append("the connection's server is in recovery (a standby shares its primary's identifier)")
+    if standby and not srv["in_recovery"]:
+        problems.append("the connection's server is not in recovery: not a standby")
     if os.path.normpath(srv["data_directory"]) not in (os.path.normpath(cluster.datadir), view.datadir):
         problems.append(f"data_directory: the server says {srv['data_directory']}, pg_datadir is {cluster.datadir}")
     if view.pid_port is not None and view.pid_port != srv["port"]:

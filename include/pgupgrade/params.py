@@ -220,3 +220,18 @@ COMMON = [
         section="Validation",
     ),
 ]
+
+# the runbooks that stop the primary (major, minor): what they check of its standbys (pgupgrade.topology)
+TOPOLOGY = [
+    Field(
+        name="max_standby_lag_mb",
+        type="integer",
+        default=64,
+        title="Standby lag limit (MB)",
+        description="The plan refuses when a standby listed in the connection's extra 'standbys' replays more than "
+        "this many MB of WAL behind the primary.",
+        section="Topology",
+        minimum=0,
+        maximum=1_000_000,
+    ),
+]

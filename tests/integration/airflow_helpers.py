@@ -130,6 +130,29 @@ def minor_conf(old: Cluster, **over: Any) -> dict[str, Any]:
     }
 
 
+def minor_plan_context(cluster: Cluster, resolve: Any = None, **over: Any) -> Any:
+    """The RunContext of a minor upgrade's plan step, built without Airflow (``resolve``: a standby's connection id
+    → its cluster and host, as the Airflow layer does it)."""
+    from pgupgrade import profiles
+    from pgupgrade.context import RunContext
+    from pgupgrade.state import state_root
+
+    from pgharness import HOST
+
+    params = minor_fields.validate_params(minor_conf(cluster, **over))
+    run_id = f"plan-only-{os.getpid()}-{time.monotonic_ns()}"
+    return RunContext(
+        dag_id=UPGRADE,
+        run_id=run_id,
+        params=params,
+        cluster=cluster,
+        host=HOST,
+        state=RunState.for_run(UPGRADE, run_id, state_root()),
+        profile=profiles.get("pg_tviews"),
+        resolve=resolve,
+    )
+
+
 def assert_rolled_back(old, upgrade_dag, upgrade_run, expected_path):
     dr, states = run_triggered_rollback("pg_major_upgrade_rollback", upgrade_run)
     assert dr.state == "success", states

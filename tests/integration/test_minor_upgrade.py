@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from pgupgrade import facts, plans, profiles, versions
+from pgupgrade import facts, plans, versions
 from pgupgrade.cluster import Cluster, Service
-from pgupgrade.context import RunContext
 from pgupgrade.errors import ConfigError, PlanError
 from pgupgrade.minor import fields, installers
 from pgupgrade.minor import plan as minor_plan
@@ -23,7 +22,16 @@ from pgupgrade.sql import connect
 from pgupgrade.state import RunState, state_root
 
 import pgharness
-from airflow_helpers import ROLLBACK, UPGRADE, minor_conf, report_of, run, run_triggered_rollback, run_under_writes
+from airflow_helpers import (
+    ROLLBACK,
+    UPGRADE,
+    minor_conf,
+    minor_plan_context,
+    report_of,
+    run,
+    run_triggered_rollback,
+    run_under_writes,
+)
 from conftest import register_connection
 from pgharness import APP_DB, HOST, OS_USER, Pool, data_checks_out, installation, lock_of, same_rows, seed_data, served
 
@@ -276,32 +284,18 @@ REFUSED_PLANS = {
 }
 
 
-def plan_context(cluster: Cluster, **over: Any) -> RunContext:
-    params = fields.validate_params({k: v for k, v in minor_conf(cluster, **over).items()})
-    run_id = f"plan-only-{os.getpid()}-{id(params)}"
-    return RunContext(
-        dag_id=UPGRADE,
-        run_id=run_id,
-        params=params,
-        cluster=cluster,
-        host=HOST,
-        state=RunState.for_run(UPGRADE, run_id, state_root()),
-        profile=profiles.get("pg_tviews"),
-    )
-
-
 def test_plan_refusals_and_a_plan(pool: Pool) -> None:
     clusters = {v: pool.new(v, seed=False) for v in ("15.18", "15.20")}
     for case, (version, over, message) in REFUSED_PLANS.items():
         over = resolve(over)
         command = over.pop("@command", None)
         with pytest.raises((PlanError, ConfigError)) as err:
-            minor_plan.plan(plan_context(clusters[version], **over), install_command=command)
+            minor_plan.plan(minor_plan_context(clusters[version], **over), install_command=command)
         assert message in str(err.value), (case, err.value)
     for cluster in clusters.values():
         assert Service(cluster).is_running()
     # a plan that goes ahead: what the rollback will need is recorded
-    p = plans.to_json(minor_plan.plan(plan_context(clusters["15.18"])))
+    p = plans.to_json(minor_plan.plan(minor_plan_context(clusters["15.18"])))
     assert p["old"]["version"] == "15.18" and p["old"]["version_text"].startswith("PostgreSQL 15.18")
     assert p["old"]["bindir"] == clusters["15.18"].bindir and p["new"]["version_num"] == 150020
     assert p["initdb"]["locale"] and p["space"]["free_data"] > 0
@@ -309,7 +303,7 @@ def test_plan_refusals_and_a_plan(pool: Pool) -> None:
     argv = ["/usr/local/sbin/pg-switch", "{major}", "{version}"]
     p = plans.to_json(
         minor_plan.plan(
-            plan_context(
+            minor_plan_context(
                 clusters["15.20"],
                 target_version="15.18",
                 allow_downgrade=True,
@@ -324,7 +318,7 @@ def test_plan_refusals_and_a_plan(pool: Pool) -> None:
     assert p["command"]["rollback"] == ["/usr/local/sbin/pg-switch", "15", "15.20"]
     assert p["method"] == "minor downgrade (command)"
     # already there: the DAG's gate ends the run green and untouched
-    assert plans.to_json(minor_plan.plan(plan_context(clusters["15.20"])))["already_upgraded"] is True
+    assert plans.to_json(minor_plan.plan(minor_plan_context(clusters["15.20"])))["already_upgraded"] is True
 
 
 def test_validate_params_refuses_bad_conf() -> None:

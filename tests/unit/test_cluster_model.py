@@ -33,6 +33,10 @@ def test_password_not_in_repr():
         ({"pg_datadir": "/var/lib/../etc"}, "pg_main.extra.pg_datadir"),
         ({"service": "systemd:pg; rm -rf /"}, "pg_main.extra.service"),
         ({"os_user": "postgres; id"}, "pg_main.extra.os_user"),
+        ({"standbys": "pg_s1"}, "pg_main.extra.standbys"),
+        ({"standbys": ["pg_s1", "pg s2"]}, "pg_main.extra.standbys"),
+        ({"standbys": ["pg_s1", "pg_s1"]}, "pg_main.extra.standbys"),
+        ({"standbys": ["pg_main"]}, "pg_main.extra.standbys"),
     ],
 )
 def test_bad_extra_names_the_field(extra, field):
@@ -51,3 +55,9 @@ def test_extra_as_json_string_and_missing_bindir():
         Cluster.from_connection("x", host="h", port=1, schema=None, login=None, password=None, extra='{"a": 1}')
     with pytest.raises(ConfigError, match="not valid JSON"):
         Cluster.from_connection("x", host="h", port=1, schema=None, login=None, password=None, extra="{")
+
+
+def test_standbys_listed_and_round_trip():
+    c = build(standbys=["pg_s1", "pg_s2"])
+    assert c.standbys == ("pg_s1", "pg_s2") and c.to_extra()["standbys"] == ["pg_s1", "pg_s2"]
+    assert "standbys" not in build().to_extra()

@@ -14,6 +14,8 @@ from airflow.sdk import Param, get_current_context
 from pgupgrade import profiles
 from pgupgrade.airflow.connections import cluster_from_conn_id, host_for
 from pgupgrade.airflow.store import run_store
+from pgupgrade.cluster import Cluster
+from pgupgrade.commands import Host
 from pgupgrade.context import RunContext, journal
 from pgupgrade.errors import ConfigError
 from pgupgrade.params import Field, validate
@@ -96,7 +98,13 @@ def run_context(
         profile=profiles.get(clean.get("extension_profile", "pg_tviews")),
         spec=spec or {},
         store=store,
+        resolve=_standby,
     )
+
+
+def _standby(conn_id: str) -> tuple[Cluster, Host]:
+    standby = cluster_from_conn_id(conn_id)
+    return standby, host_for(standby)
 
 
 def admin_json_variable(name: str) -> Any:

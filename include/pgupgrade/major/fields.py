@@ -9,13 +9,14 @@ from pgupgrade.context import RunContext
 from pgupgrade.decisions import DECISION_TIMEOUT
 from pgupgrade.errors import ConfigError
 from pgupgrade.major.model import TransferMode
-from pgupgrade.params import COMMON, Field
+from pgupgrade.params import COMMON, TOPOLOGY, Field
 
 log = logging.getLogger(__name__)
 
 
 FIELDS: list[Field] = [
     *COMMON,
+    *TOPOLOGY,
     Field(
         name="new_bindir",
         type="string",

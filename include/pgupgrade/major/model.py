@@ -69,6 +69,8 @@ class MajorPlan:
     # collation versions old vs new (pgupgrade.collations.compare): summary, changed, equal, reindex; empty in
     # plans recorded before it existed
     collations: dict[str, Any] = field(default_factory=dict)
+    # the primary and its listed standbys as proven by the plan (pgupgrade.topology.Topology); empty without them
+    topology: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mode(self) -> TransferMode:

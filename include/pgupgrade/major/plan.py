@@ -18,6 +18,7 @@ from pgupgrade import (
     registration,
     scratch,
     services,
+    topology,
     versions,
 )
 from pgupgrade.backup import needs_base
@@ -73,6 +74,7 @@ def plan(ctx: RunContext) -> MajorPlan | plans.AlreadyThere:
     new_datadir = _new_datadir(ctx, running.major, to_major)
     registration.check(old, to_major, new_inst.bindir, host)  # the new cluster's service can be set up
     dbs = facts.user_databases(old)
+    topo = topology.planned(old, ctx.standbys(), p["max_standby_lag_mb"])  # every listed standby proven
     blockers = _blockers(ctx, running.major, dbs, new_inst, warnings)
     archiving.plan_check(ctx, to_major, new_datadir, warnings)  # refuses a pgBackRest too old for the target
     data_bytes, relations = _size(old, dbs)
@@ -123,6 +125,7 @@ def plan(ctx: RunContext) -> MajorPlan | plans.AlreadyThere:
         space=space,
         config=carried.for_plan(),
         collations=colls,
+        topology=topo,
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pgupgrade import recovery
 from pgupgrade.errors import ConfigError
-from pgupgrade.params import COMMON, Field, validate
+from pgupgrade.params import COMMON, TOPOLOGY, Field, validate
 
 DAG_ID = "pg_minor_upgrade"
 ROLLBACK_DAG_ID = "pg_minor_upgrade_rollback"
@@ -28,6 +28,7 @@ class Installer(enum.StrEnum):
 
 FIELDS: list[Field] = [
     *COMMON,
+    *TOPOLOGY,
     Field(
         name="installer",
         type="string",

@@ -10,10 +10,10 @@ conf. ``MinorPlan`` is stored (``plans.to_json``) as the same JSON document the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pgupgrade import backup, checks, facts, plans, scratch, versions
+from pgupgrade import backup, checks, facts, plans, scratch, topology, versions
 from pgupgrade.context import RunContext
 from pgupgrade.errors import ConfigError, PlanError, UnsafeState
 from pgupgrade.install_command import parse_install_command
@@ -106,6 +106,8 @@ class MinorPlan:
     space: Space
     warnings: list[str]
     outage_estimate_s: float
+    # the primary and its listed standbys as proven by the plan (pgupgrade.topology.Topology); empty without them
+    topology: dict[str, Any] = field(default_factory=dict)
 
     def apt_pins(self) -> AptPins:
         """The package versions of installer apt (its plan always has them)."""
@@ -170,6 +172,12 @@ def plan(ctx: RunContext, install_command: Any = None) -> MinorPlan | plans.Alre
     data_bytes = _data_bytes(ctx, dbs)
     backup_dir = p["backup_dir"] or backup.default_dir(ctx)
     space = _check_space(ctx, backup_dir, data_bytes)
+    topo = topology.planned(c, ctx.standbys(), p["max_standby_lag_mb"])
+    if topo:
+        warnings.append(
+            f"{len(topo['standbys'])} standby(s) keep running {running}: this runbook restarts the primary only; "
+            "upgrade their binaries too (the release notes advise standbys first)"
+        )
     return MinorPlan(
         installer=installer,
         old=OldRelease(str(running), num, version_text, bindir_now, c.datadir),
@@ -187,6 +195,7 @@ def plan(ctx: RunContext, install_command: Any = None) -> MinorPlan | plans.Alre
         space=space,
         warnings=warnings,
         outage_estimate_s=OUTAGE_ESTIMATE_S[installer],
+        topology=topo,
     )
 
 
