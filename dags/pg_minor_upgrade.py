@@ -16,7 +16,9 @@ Each task is a step of the runbook; the run's journal, plan, facts and report li
     naming `{version}` (and optionally `{major}`), run as root for the target and, by the rollback, for the
     previous release. The command never comes from the trigger conf.
 - The Airflow postgres connection of the cluster (`postgres_conn_id`) with `extra` = `pg_bindir`, `pg_datadir`,
-  `os_user`, `service`, optional `pg_confdir`, `ssh_conn_id`.
+  `os_user`, `service`, optional `pg_confdir`, `ssh_conn_id`, and `standbys` (the connection ids of its
+  streaming standbys: the plan proves each one, and with `bindir` each standby host needs `new_bindir` too and
+  service `pg_ctl` — they are upgraded first, one at a time).
 - `min_free_gb` (default 20 GB) free on the data and the backup filesystems after the backup; checked by the
   plan.
 - The rollback DAG `pg_minor_upgrade_rollback` unpaused (checked first).
@@ -36,7 +38,9 @@ The plan prints its estimate; the report the measured outage.
 2. **pre_upgrade** — `backup` (globals + compressed `pg_dump -Fd` per database, verified with `pg_restore -l`),
    `pre_checks` (`include/sql/health-check.sql`, `version()` and `pg_tviews_version()` recorded),
    `prefetch` (apt: `apt-get install --download-only`, so the outage holds only the unpacking),
-   `wait_queue_empty`.
+   `upgrade_standbys` (rolling, `bindir`: each listed standby stopped, started from `new_bindir`, proven on the
+   target and streaming from the primary past its position at the restart, one at a time; the primary serves
+   throughout), `wait_queue_empty`.
 3. **stop** — `window_guard`, `block_logins` (new logins refused; connected clients keep working), sensors
    `wait_no_clients` (until they leave, at most `terminate_after_s`) and `wait_queue_drained`.
 4. **cutover** — one task running the outage-critical steps in one process, each journaled under its own name
@@ -91,7 +95,7 @@ from pgupgrade.airflow import failure, tasks
 from pgupgrade.airflow import schedule as sched
 from pgupgrade.airflow import windows as aw
 from pgupgrade.context import RunContext
-from pgupgrade.minor import after, cutover, fields, prepare
+from pgupgrade.minor import after, cutover, fields, prepare, standbys
 from pgupgrade.minor import plan as minor_plan
 from pgupgrade.plans import AlreadyThere
 
@@ -156,7 +160,13 @@ with ad.upgrade_dag(
             prepare.prefetch,
             "apt: download the target packages now, so that the outage holds only their unpacking.",
         )
-        bkp >> pre >> fetch >> queue
+        rolling = step(
+            "upgrade_standbys",
+            standbys.upgrade_standbys,
+            "Rolling: each listed standby restarted on the target release (bindir), one at a time, proven "
+            "streaming again; the primary still serves.",
+        )
+        bkp >> pre >> fetch >> rolling >> queue
 
     with TaskGroup("stop") as g_stop:
         window = step(

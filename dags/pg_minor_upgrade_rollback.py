@@ -24,7 +24,8 @@ directory, while the cluster runs from the new one) nor from the conf. Unpaused 
    it no longer starts → `restore_from_backup` (moved aside, never deleted; initdb with the previous binaries;
    backup restored — refused when data changed after the backup unless `accept_data_loss`).
 4. `verify_previous` — `version()` equals the recorded one; facts equal the snapshot taken before the stop.
-   `refresh_tviews`, `open_to_clients` (logins given back).
+   `refresh_tviews`, `open_to_clients` (logins given back), `standbys_back` (every standby the upgrade
+   switched, back on its previous release and streaming — after the primary, whose WAL it must replay).
 5. `report`; `finish` releases the lock — or, when the rollback itself failed, keeps it marked *needs
    attention* so that no run touches the cluster until a person has looked.
 
@@ -47,7 +48,7 @@ from pgupgrade import recovery
 from pgupgrade.airflow import context as airflow_context
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import failure, tasks
-from pgupgrade.minor import fields, rollback
+from pgupgrade.minor import fields, rollback, standbys
 
 F = fields.ROLLBACK_FIELDS
 
@@ -94,6 +95,11 @@ with ad.rollback_dag(
     )
     refresh = _step("refresh_tviews", rollback.refresh_tviews, "Refresh every TVIEW (force).")
     opened = _step("open_to_clients", rollback.open_to_clients, "Logins given back.")
+    standbys_back = _step(
+        "standbys_back",
+        standbys.standbys_back,
+        "Every standby the upgrade switched, back on its previous release, streaming (after the primary).",
+    )
     report = _step(
         "report",
         recovery.write_report,
@@ -103,4 +109,4 @@ with ad.rollback_dag(
 
     branch = data_dir_starts()
     validate >> lock >> assess >> back >> branch >> [verify, restore]
-    restore >> verify >> refresh >> opened >> report >> failure.rollback_finish(F)
+    restore >> verify >> refresh >> opened >> standbys_back >> report >> failure.rollback_finish(F)

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -445,3 +446,15 @@ def ensure_locale(name: str = "fr_FR.UTF-8") -> str:
         HOST.run(["localedef", "-i", lang, "-f", charmap, name], timeout=120)
     assert have(), f"locale {name} missing after localedef"
     return name
+
+
+def wait_streaming(primary: Cluster, names: set[str], timeout: float = 60) -> None:
+    """Until the primary streams to every standby named (application_name in pg_stat_replication)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with connect(primary) as conn, conn.cursor() as cur:
+            cur.execute("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
+            if names <= {r[0] for r in cur.fetchall()}:
+                return
+        assert time.monotonic() < deadline, f"{names} not streaming after {timeout}s"
+        time.sleep(0.3)

@@ -12,7 +12,6 @@ connection extra ``standbys``.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -27,27 +26,16 @@ from pgupgrade.state import RunState
 
 from airflow_helpers import STATE, UPGRADE, minor_conf, minor_plan_context, run, upgrade_conf
 from conftest import register_connection
-from pgharness import HOST, Pool, server_port
+from pgharness import HOST, Pool, server_port, wait_streaming
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
-
-
-def _streaming(primary: Cluster, names: set[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with connect(primary) as conn, conn.cursor() as cur:
-            cur.execute("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
-            if names <= {r[0] for r in cur.fetchall()}:
-                return
-        assert time.monotonic() < deadline, f"{names} not streaming after {timeout}s"
-        time.sleep(0.3)
 
 
 @pytest.fixture(scope="module")
 def replicated(pool: Pool) -> tuple[Cluster, Cluster, Cluster]:
     primary = pool.new("15.18", f"topo_p{os.getpid()}")
     s1, s2 = pool.standby(primary, f"{primary.name}_s1"), pool.standby(primary, f"{primary.name}_s2")
-    _streaming(primary, {s1.name, s2.name})
+    wait_streaming(primary, {s1.name, s2.name})
     for s in (s1, s2):
         register_connection(s)
     return replace(primary, standbys=(s1.name, s2.name)), s1, s2

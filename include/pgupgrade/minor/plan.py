@@ -15,7 +15,7 @@ from typing import Any
 
 from pgupgrade import backup, checks, facts, plans, scratch, topology, versions
 from pgupgrade.context import RunContext
-from pgupgrade.errors import ConfigError, PlanError, UnsafeState
+from pgupgrade.errors import CheckFailed, CommandError, ConfigError, PlanError, UnsafeState
 from pgupgrade.install_command import parse_install_command
 from pgupgrade.minor import installers
 from pgupgrade.minor.fields import INSTALL_COMMAND_VARIABLE, Installer
@@ -109,6 +109,11 @@ class MinorPlan:
     # the primary and its listed standbys as proven by the plan (pgupgrade.topology.Topology); empty without them
     topology: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def rolls_standbys(self) -> bool:
+        """Whether the run upgrades the listed standbys first (pgupgrade.minor.standbys): installer bindir."""
+        return bool(self.topology) and self.installer is Installer.BINDIR
+
     def apt_pins(self) -> AptPins:
         """The package versions of installer apt (its plan always has them)."""
         if self.apt is None:
@@ -173,10 +178,12 @@ def plan(ctx: RunContext, install_command: Any = None) -> MinorPlan | plans.Alre
     backup_dir = p["backup_dir"] or backup.default_dir(ctx)
     space = _check_space(ctx, backup_dir, data_bytes)
     topo = topology.planned(c, ctx.standbys(), p["max_standby_lag_mb"])
-    if topo:
+    if topo and installer is Installer.BINDIR:
+        _check_standby_binaries(ctx, new_bindir, target)
+    elif topo:
         warnings.append(
-            f"{len(topo['standbys'])} standby(s) keep running {running}: this runbook restarts the primary only; "
-            "upgrade their binaries too (the release notes advise standbys first)"
+            f"{len(topo['standbys'])} standby(s) keep running {running}: installer {installer} upgrades the "
+            "primary's host only; upgrade their binaries too (the release notes advise standbys first)"
         )
     return MinorPlan(
         installer=installer,
@@ -197,6 +204,25 @@ def plan(ctx: RunContext, install_command: Any = None) -> MinorPlan | plans.Alre
         outage_estimate_s=OUTAGE_ESTIMATE_S[installer],
         topology=topo,
     )
+
+
+def _check_standby_binaries(ctx: RunContext, new_bindir: str, target: versions.Version) -> None:
+    """The rolling upgrade restarts each standby from new_bindir on its own host, by pg_ctl: refused unless it
+    can (every standby named)."""
+    problems = []
+    for standby, host in ctx.standbys():
+        if standby.service != "pg_ctl":
+            problems.append(f"standby {standby.name}: service {standby.service} (installer bindir needs pg_ctl)")
+            continue
+        try:
+            got = versions.inspect(new_bindir, host).version
+        except (CommandError, CheckFailed, ConfigError) as exc:
+            problems.append(f"standby {standby.name}: no PostgreSQL in {new_bindir} on {host.name}: {exc}")
+            continue
+        if got != target:
+            problems.append(f"standby {standby.name}: {new_bindir} on {host.name} is PostgreSQL {got}, not {target}")
+    if problems:
+        raise PlanError("; ".join(problems) + ". Nothing was stopped.")
 
 
 def _target(ctx: RunContext) -> tuple[versions.Version, versions.Installation | None]:
