@@ -122,8 +122,9 @@ class Pool:
         )  # fmt: skip
         settings = {"port": str(port), "unix_socket_directories": f"'{home / 'sock'}'", "cluster_name": f"'{name}'"}
         write_settings(HOST, f"{home}/data/postgresql.conf", settings, OS_USER)
-        standby = replace(primary, name=name, host=str(home / "sock"), port=port, datadir=str(home / "data"))
-        standby = replace(standby, standbys=())
+        standby = replace(
+            primary, name=name, host=str(home / "sock"), port=port, datadir=str(home / "data"), standbys=()
+        )
         if start:
             Service(standby, HOST).start()
         self.clusters.append(standby)

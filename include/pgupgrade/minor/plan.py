@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pgupgrade import backup, checks, facts, plans, scratch, topology, versions
+from pgupgrade.cluster import Cluster
+from pgupgrade.commands import Host
 from pgupgrade.context import RunContext
 from pgupgrade.errors import CheckFailed, CommandError, ConfigError, PlanError, UnsafeState
 from pgupgrade.install_command import parse_install_command
@@ -177,9 +179,10 @@ def plan(ctx: RunContext, install_command: Any = None) -> MinorPlan | plans.Alre
     data_bytes = _data_bytes(ctx, dbs)
     backup_dir = p["backup_dir"] or backup.default_dir(ctx)
     space = _check_space(ctx, backup_dir, data_bytes)
-    topo = topology.planned(c, ctx.standbys(), p["max_standby_lag_mb"])
+    nodes = ctx.standbys()  # resolved once: each may open an SSH connection
+    topo = topology.planned(c, nodes, p["max_standby_lag_mb"])
     if topo and installer is Installer.BINDIR:
-        _check_standby_binaries(ctx, new_bindir, target)
+        _check_standby_binaries(nodes, new_bindir, target)
     elif topo:
         warnings.append(
             f"{len(topo['standbys'])} standby(s) keep running {running}: installer {installer} upgrades the "
@@ -206,11 +209,11 @@ def plan(ctx: RunContext, install_command: Any = None) -> MinorPlan | plans.Alre
     )
 
 
-def _check_standby_binaries(ctx: RunContext, new_bindir: str, target: versions.Version) -> None:
+def _check_standby_binaries(nodes: list[tuple[Cluster, Host]], new_bindir: str, target: versions.Version) -> None:
     """The rolling upgrade restarts each standby from new_bindir on its own host, by pg_ctl: refused unless it
     can (every standby named)."""
     problems = []
-    for standby, host in ctx.standbys():
+    for standby, host in nodes:
         if standby.service != "pg_ctl":
             problems.append(f"standby {standby.name}: service {standby.service} (installer bindir needs pg_ctl)")
             continue

@@ -16,12 +16,13 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from pgupgrade import identity, plans, versions
+from pgupgrade import identity, versions
 from pgupgrade.cluster import Cluster, service_for
 from pgupgrade.commands import Host
 from pgupgrade.context import RunContext
 from pgupgrade.errors import CheckFailed
 from pgupgrade.minor.plan import MinorPlan
+from pgupgrade.minor.rollback import recorded_plan
 from pgupgrade.sql import connect, scalar_named
 from pgupgrade.state import RunJournal
 
@@ -43,7 +44,7 @@ def upgrade_standbys(ctx: RunContext) -> list[dict[str, Any]]:
     """Every standby the plan proved, on the target release, one at a time (bindir installer; the others leave
     them, as the plan warned)."""
     plan_ = ctx.plan(MinorPlan)
-    if not plan_.topology or not plan_.rolls_standbys:
+    if not plan_.rolls_standbys:
         return []
     listed = _listed(ctx)
     done = []
@@ -61,7 +62,7 @@ def upgrade_standbys(ctx: RunContext) -> list[dict[str, Any]]:
 def standbys_back(ctx: RunContext) -> list[dict[str, Any]]:
     """The rollback's last step: every standby the upgrade run switched, back to its previous bin directory."""
     up = ctx.upgrade_run
-    plan_ = plans.planned(MinorPlan, up.load("plan"))
+    plan_ = recorded_plan(up)
     if plan_ is None or not plan_.topology:
         return []
     listed = _listed(ctx)
