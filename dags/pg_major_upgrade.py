@@ -104,7 +104,7 @@ from pgupgrade.airflow import schedule as sched
 from pgupgrade.airflow import windows as aw
 from pgupgrade.context import RunContext
 from pgupgrade.errors import ConfigError
-from pgupgrade.major import after, cutover, fields, prepare
+from pgupgrade.major import after, cutover, fields, prepare, standbys
 from pgupgrade.major import plan as major_plan
 from pgupgrade.major.model import MajorPlan, Method
 from pgupgrade.major.transfer import new_cluster
@@ -236,8 +236,9 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 fields=F,
                 spec=spec,
                 doc="The outage-critical section in one process: terminate_clients, snapshot_facts, stop_old, "
-                "pg_upgrade (in the planned transfer mode), configure_new, "
-                "start_new_private, update_extensions, validate_facts, health_check, open_to_clients.",
+                "stop_standbys (checkpoints equal), pg_upgrade (in the planned transfer mode), sync_standbys (rsync "
+                "from the primary's host, link mode), configure_new, start_new_private, reserve_standby_wal, "
+                "update_extensions, validate_facts, health_check, open_to_clients.",
             )
             dr = tasks.steps_task(
                 "dump_restore",
@@ -246,8 +247,9 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 spec=spec,
                 doc="The outage-critical section in one process: terminate_clients, snapshot_facts, "
                 "dump_restore (pg_dump -Fd -j N -Z 0 from the old cluster, still running with logins blocked and "
-                "no client left / pg_restore -j N per database), stop_old, configure_new, start_new_private, "
-                "update_extensions, validate_facts, health_check, open_to_clients.",
+                "no client left / pg_restore -j N per database), stop_old, stop_standbys, configure_new, "
+                "start_new_private, reserve_standby_wal, update_extensions, validate_facts, health_check, "
+                "open_to_clients.",
             )
             branch >> [pgu, dr]
 
@@ -275,6 +277,13 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 after.rebuild_collation_indexes,
                 "REINDEX CONCURRENTLY the indexes on collations whose version changed in the new installation (the "
                 "plan names them), then refresh the recorded versions; nothing when every version is equal.",
+            )
+            step(
+                "standbys",
+                standbys.start_standbys,
+                "The listed standbys on the new major (re-cloned by pg_basebackup first when not rsynced), each "
+                "proven streaming from the new primary; nothing without standbys.",
+                trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,  # after whichever method ran
             )
             start_apps >> check_apps >> rf >> an >> pf
             check_apps >> co

@@ -53,7 +53,7 @@ from pgupgrade import decisions, recovery
 from pgupgrade.airflow import context as airflow_context
 from pgupgrade.airflow import dags as ad
 from pgupgrade.airflow import failure, hitl, tasks
-from pgupgrade.major import rollback
+from pgupgrade.major import rollback, standbys
 
 F = [*recovery.FIELDS, decisions.DECISION_TIMEOUT]
 
@@ -137,6 +137,12 @@ with ad.rollback_dag(
         "The old version serves with facts equal to the snapshot; then logins are given back.",
         trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
     )
+    standbys_back = _step(
+        "standbys_back",
+        standbys.standbys_back,
+        "Every standby the upgrade stopped, back on the old major and streaming: restarted when its old directory "
+        "is intact, else re-cloned by pg_basebackup from the old primary; nothing without standbys.",
+    )
     report = _step(
         "report",
         lambda ctx: recovery.write_report(ctx),
@@ -146,5 +152,5 @@ with ad.rollback_dag(
 
     finish = failure.rollback_finish(F, read_only=frozenset({"assess", "choose_path", "keep_new"}))
     validate >> lock >> assess() >> choose >> [back, restore, keep]
-    [back, restore] >> verify >> report >> finish
+    [back, restore] >> verify >> standbys_back >> report >> finish
     keep >> report

@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 from pgupgrade.cluster import Cluster, service_for
 from pgupgrade.commands import BASE_ENV, Redactor, Result
 from pgupgrade.errors import CommandError
-from pgupgrade.scratch import InitdbOptions, create_cluster
+from pgupgrade.scratch import InitdbOptions, create_cluster, write_settings
 from pgupgrade.sql import connect
 
 from airflow_stack import ROOT, AirflowStack, free_port
@@ -476,13 +476,49 @@ class SecondHost:
             start=False,
         )
         hba = f"{local.datadir}/pg_hba.conf"
-        self.host.run(["sh", "-c", 'echo "host all all 127.0.0.1/8 trust" >> "$1"', "sh", hba], user=DB_USER)
+        rules = "host all all 127.0.0.1/8 trust\nhost replication all 127.0.0.1/8 trust\n"  # standbys: .standby()
+        self.host.run(["sh", "-c", 'cat >> "$1"', "sh", hba], user=DB_USER, stdin=rules)
         service_for(local, self.host).start()
         cluster = replace(local, host=self.address, ssh_conn_id=self.ssh_conn_id)
         self.clusters.append(cluster)
         if seed:
             seed_data(cluster)
         return cluster
+
+    def standby(self, primary: Cluster, name: str) -> Cluster:
+        """A streaming standby of ``primary`` (on another host) in this host: ``pg_basebackup -R`` over TCP with
+        a physical slot named ``name`` (``-C -S``), its own port, ``cluster_name`` = ``name``; data directory
+        ``<home>/<name>/data``; its connection says how the primary's host reaches this one (``ssh_from_primary``,
+        see ``trust_ssh_from``)."""
+        port = self._port()
+        home = f"{pwd.getpwnam(DB_USER).pw_dir}/{name}"
+        self.run(["mkdir", "-p", home], user=DB_USER)
+        self.run(
+            [primary.bin("pg_basebackup"), "-h", primary.host, "-p", str(primary.port), "-U", primary.user,
+             "-D", f"{home}/data", "-R", "-C", "-S", name, "-X", "stream", "-c", "fast", "-w"],
+            user=DB_USER,
+        )  # fmt: skip
+        settings = {"port": str(port), "listen_addresses": f"'{self.address}'", "cluster_name": f"'{name}'",
+                    "unix_socket_directories": "'/var/run/postgresql'"}  # fmt: skip
+        write_settings(self.host, f"{home}/data/postgresql.conf", settings, DB_USER)
+        standby = replace(
+            primary, name=name, port=port, host=self.address, datadir=f"{home}/data", ssh_conn_id=self.ssh_conn_id,
+            standbys=(), ssh_from_primary=f"{DB_USER}@{self.address}:{self.ssh_port}",
+        )  # fmt: skip
+        service_for(standby, self.host).start()
+        self.clusters.append(standby)
+        return standby
+
+    def trust_ssh_from(self, other: SecondHost) -> None:
+        """``other``'s postgres OS user logs in here over SSH with a key of its own (made on first use), this
+        host's key in its known_hosts: what a DBA sets up for the rsync of a major upgrade's standbys."""
+        ssh = f"{pwd.getpwnam(DB_USER).pw_dir}/.ssh"
+        other.run(["sh", "-c", 'test -f "$1" || ssh-keygen -q -t ed25519 -N "" -f "$1"', "sh", f"{ssh}/id_ed25519"],
+                  user=DB_USER)  # fmt: skip
+        pub = other.run(["cat", f"{ssh}/id_ed25519.pub"], user=DB_USER)
+        self.run(["sh", "-c", 'cat >> "$1"', "sh", f"{ssh}/authorized_keys"], user=DB_USER, stdin=pub)
+        known = other.run(["ssh-keyscan", "-p", str(self.ssh_port), self.address], user=DB_USER)
+        other.run(["sh", "-c", 'cat >> "$1"', "sh", f"{ssh}/known_hosts"], user=DB_USER, stdin=known)
 
     def stop(self) -> None:
         if self.ns is not None and self.ns.alive:

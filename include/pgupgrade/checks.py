@@ -29,11 +29,16 @@ class Blocker:
         return asdict(self)
 
 
-def upgrade_blockers(cluster: Cluster, old_major: int, databases: list[str]) -> list[Blocker]:
-    """What pg_upgrade cannot carry or would orphan."""
+def upgrade_blockers(
+    cluster: Cluster, old_major: int, databases: list[str], standbys: frozenset[str] = frozenset()
+) -> list[Blocker]:
+    """What pg_upgrade cannot carry or would orphan. ``standbys``: the names the listed standbys stream under
+    (the upgrade takes them along and recreates the physical slots: neither blocks)."""
     out: list[Blocker] = []
     with connect(cluster) as conn:
         for s in fetch_named(conn, "replication"):
+            if s["application_name"] in standbys:
+                continue
             out.append(
                 Blocker(
                     "standby",
@@ -46,7 +51,7 @@ def upgrade_blockers(cluster: Cluster, old_major: int, databases: list[str]) -> 
         for s in fetch_named(conn, "replication-slots"):
             if s["slot_name"] == ROLLBACK_SLOT:
                 continue  # this tool's own: a link-mode backup keeps the old cluster's WAL with it
-            lost = s["slot_type"] == "physical" or old_major < 17
+            lost = (s["slot_type"] == "physical" and not standbys) or (s["slot_type"] == "logical" and old_major < 17)
             if lost:
                 out.append(
                     Blocker(

@@ -5,7 +5,9 @@ A cluster is built from a postgres connection (Airflow's or a plain mapping) who
 ``pg_ctlcluster <version> <name>``), optionally ``pg_confdir`` (configuration outside the data directory),
 ``ssh_conn_id`` (absent: the worker is on the database host), ``new_service`` (the unit a major upgrade's new
 cluster runs under, when the old one's is an admin-named systemd unit) and ``standbys`` (the Airflow postgres
-connection ids of the cluster's streaming standbys, each with an ``extra`` of its own: ``pgupgrade.topology``).
+connection ids of the cluster's streaming standbys, each with an ``extra`` of its own: ``pgupgrade.topology``). A
+standby on another host than its primary names how the primary's host reaches it over SSH for a major upgrade's
+rsync: ``ssh_from_primary`` = ``[user@]host[:port]`` (default user: its ``os_user``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 _SERVICE_RE = re.compile(r"^(pg_ctl|systemd:[A-Za-z0-9@._-]+|pg_ctlcluster \d+ [A-Za-z0-9._-]+)$")
 _OS_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _CONN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+_SSH_DEST_RE = re.compile(r"^(?:([a-z_][a-z0-9_-]{0,31})@)?([A-Za-z0-9][A-Za-z0-9.-]{0,252})(?::(\d{1,5}))?$")
 
 
 def _abs_path(field_name: str, value: Any) -> str:
@@ -56,6 +59,8 @@ class Cluster:
     new_service: str | None = None
     # the connection ids of its streaming standbys (connection extra ``standbys``)
     standbys: tuple[str, ...] = ()
+    # a standby's: how its primary's host reaches this host over SSH (connection extra ``ssh_from_primary``)
+    ssh_from_primary: str | None = None
     password: str | None = field(default=None, repr=False, compare=False)
     # where this process reaches the server when not at host/port (a forwarded port: ``tunnel.forward``)
     reach: tuple[str, int] | None = field(default=None, repr=False, compare=False)
@@ -103,6 +108,11 @@ class Cluster:
             raise ConfigError(f"{name}.extra.standbys", "must be a list of Airflow connection ids, one per standby")
         if name in standbys or len(set(standbys)) != len(standbys):
             raise ConfigError(f"{name}.extra.standbys", "names a connection twice, or the cluster's own")
+        ssh_from_primary = extra.get("ssh_from_primary") or None
+        if ssh_from_primary is not None and not (
+            isinstance(ssh_from_primary, str) and _SSH_DEST_RE.match(ssh_from_primary)
+        ):
+            raise ConfigError(f"{name}.extra.ssh_from_primary", f"must be [user@]host[:port], got {ssh_from_primary!r}")
         return cls(
             name=name,
             host=host,
@@ -118,6 +128,7 @@ class Cluster:
             ssh_conn_id=str(ssh_conn_id) if ssh_conn_id else None,
             new_service=new_service,
             standbys=tuple(standbys),
+            ssh_from_primary=ssh_from_primary,
         )
 
     def to_extra(self) -> dict[str, Any]:
@@ -135,7 +146,16 @@ class Cluster:
             extra["new_service"] = self.new_service
         if self.standbys:
             extra["standbys"] = list(self.standbys)
+        if self.ssh_from_primary:
+            extra["ssh_from_primary"] = self.ssh_from_primary
         return extra
+
+    def ssh_destination(self) -> tuple[str, int]:
+        """(``user@host``, port) of ``ssh_from_primary``; ConfigError when it is not set."""
+        m = _SSH_DEST_RE.match(self.ssh_from_primary or "")
+        if not m:
+            raise ConfigError(f"{self.name}.extra.ssh_from_primary", "is required for a standby on another host")
+        return f"{m.group(1) or self.os_user}@{m.group(2)}", int(m.group(3) or 22)
 
     def with_installation(self, bindir: str, datadir: str | None = None) -> Cluster:
         return replace(self, bindir=bindir, datadir=datadir or self.datadir)

@@ -136,22 +136,29 @@ INVENTORY: tuple[Privilege, ...] = (
     _os("head", "postmaster.pid's first line (minor.installers)"),
     _os("kill", "kill -0: is the postmaster alive (minor.rollback)"),
     _os("ln", "point a rebuilt data directory's pg_tblspc link at its tablespace again (backup)"),
-    _os("ls", "list WAL set aside (recovery)"),
+    _os("ls", "list WAL set aside (recovery); a standby's own top-level files (major.standbys)"),
     _os("mkdir", "backup, socket, log and work directories (backup, services, scratch, cluster, major.transfer)"),
     _os(
         "mv",
         "set the old data directory and rolled-back tablespace directories aside, pg_control.old back"
-        " (recovery, major.rollback)",
+        " (recovery, major.rollback, major.standbys)",
     ),
     _os("pgbackrest", "version, stanza-upgrade, check and full backup of the new cluster (archiving)"),
+    _os("rmdir", "the emptied directory a re-cloned standby's own files waited in (major.standbys)"),
+    _os(
+        "rsync",
+        "a major upgrade's old and new data directories from the primary's host to a standby's (major.standbys)",
+    ),
     _os("readlink", "/proc/<pid>/exe of the postmaster (minor.installers)"),
     _os("rm", "work directories, dumps, leftovers of a failed initdb, the old cluster (major, recovery)"),
+    _os("ssh", "the primary's host logs in to a standby's host: the plan's check, rsync's transport (major.standbys)"),
     _os("sha256sum", "backup checksums, run in the backup directory (backup)", cwd=True),
     _os("stat", "owner and mode of a socket directory (services)"),
     _os("sync", "journal lines spooled on the database host reach the disk (state.spool)"),
     _os("tail", "end of a server log, pg_upgrade logs (scratch, major.transfer)"),
     _os("tee", "write postgresql.conf / postgresql.auto.conf (scratch, major.transfer)"),
     _os("test", "does a file exist (scratch, services, cleanup)"),
+    _os("touch", "standby.signal of a standby's new data directory (major.standbys)"),
     Privilege(
         "sh",
         RunsAs.OS_USER,
@@ -160,7 +167,10 @@ INVENTORY: tuple[Privilege, ...] = (
         cwd=True,  # harmless with these arguments; lets tests run their probes as the OS user in a directory
     ),
     _os(f"{BINDIR}initdb", "new and scratch clusters (scratch, major.transfer, recovery)"),
-    _os(f"{BINDIR}pg_basebackup", "the base backup link mode comes back from (backup)"),
+    _os(
+        f"{BINDIR}pg_basebackup",
+        "the base backup link mode comes back from (backup); standbys re-cloned (major.standbys)",
+    ),
     _os(f"{BINDIR}pg_controldata", "checkpoint location of a stopped cluster (services)"),
     _os(f"{BINDIR}pg_ctl", "start (in the data directory), stop, status (cluster.Service)", cwd=True),
     _os(f"{BINDIR}pg_dump", "logical backup, dump/restore (backup)"),
@@ -168,7 +178,10 @@ INVENTORY: tuple[Privilege, ...] = (
     _os(f"{BINDIR}pg_restore", "backup check (-l), restore (backup)"),
     _os(f"{BINDIR}pg_upgrade", "--check and the upgrade, in its work directory (major)", cwd=True),
     _os(f"{BINDIR}pg_verifybackup", "check the base backup (backup)"),
-    _os(f"{BINDIR}postgres", "--describe-config of the new installation (major.transfer)"),
+    _os(
+        f"{BINDIR}postgres",
+        "--describe-config of the new installation (major.transfer); -C primary_conninfo (major.standbys)",
+    ),
     _os(f"{BINDIR}psql", "restore globals, update_extensions.sql (backup, major.cutover)"),
     _os(f"{BINDIR}vacuumdb", "analyze after a major upgrade (major.after)"),
     # -- as root: packages, extension files, service units -----------------------------------------------------

@@ -70,13 +70,18 @@ def start_private(cluster: Cluster, host: Host, socket_dir: str) -> None:
     )
 
 
+def controldata(cluster: Cluster, host: Host) -> dict[str, str]:
+    """pg_controldata of the cluster's data directory, field by field."""
+    out = host.run([cluster.bin("pg_controldata"), "-D", cluster.datadir], user=cluster.os_user).stdout
+    return {k.strip(): v.strip() for k, sep, v in (line.partition(":") for line in out.splitlines()) if sep}
+
+
 def checkpoint_lsn(cluster: Cluster, host: Host) -> str:
     """The stopped cluster's latest checkpoint location (pg_controldata)."""
-    out = host.run([cluster.bin("pg_controldata"), "-D", cluster.datadir], user=cluster.os_user).stdout
-    for line in out.splitlines():
-        if line.startswith("Latest checkpoint location:"):
-            return line.split(":", 1)[1].strip()
-    raise CheckFailed(f"pg_controldata of {cluster.datadir} names no latest checkpoint location")
+    lsn = controldata(cluster, host).get("Latest checkpoint location")
+    if not lsn:
+        raise CheckFailed(f"pg_controldata of {cluster.datadir} names no latest checkpoint location")
+    return lsn
 
 
 def pg_control_state(host: Host, datadir: str, user: str) -> dict[str, bool]:

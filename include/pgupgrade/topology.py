@@ -19,6 +19,7 @@ WAL senders no listed standby accounts for (an unlisted standby, a cascading one
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -29,10 +30,11 @@ from psycopg2.extensions import parse_dsn
 from pgupgrade import identity, versions
 from pgupgrade.cluster import Cluster
 from pgupgrade.commands import Host
-from pgupgrade.errors import CommandError, ConfigError, PlanError, UnsafeState
-from pgupgrade.sql import connect, fetch_named
+from pgupgrade.errors import CheckFailed, CommandError, ConfigError, PlanError, UnsafeState
+from pgupgrade.sql import connect, fetch_named, scalar_named
 
 MB = 1024 * 1024
+STREAM_TIMEOUT_S = 300  # a restarted standby streams past its primary's position within this
 
 
 @dataclass(frozen=True)
@@ -163,3 +165,17 @@ def planned(primary: Cluster, standbys: Sequence[tuple[Cluster, Host]], max_lag_
     if topology.problems:
         raise PlanError("; ".join(topology.problems) + ". Nothing was stopped.")
     return topology.as_dict()
+
+
+def caught_up(primary: Cluster, name: str, since: str, timeout: float = STREAM_TIMEOUT_S) -> int:
+    """Waits until the primary streams to ``name`` again with its replay at or past ``since``; the replay lag in
+    bytes then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with connect(primary) as conn:
+            lag = scalar_named(conn, "standby-caught-up", {"name": name, "since": since})
+        if lag is not None:
+            return int(lag)
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"standby {name} does not stream from the primary past {since} after {timeout:.0f}s")
+        time.sleep(0.5)

@@ -25,7 +25,7 @@ apt_updated=""
 apt_update() { [ -n "$apt_updated" ] || { $SUDO apt-get update -qq; apt_updated=1; }; }
 
 missing=()
-for pkg in postgresql-15 postgresql-client-15 python3-venv ca-certificates chromium chromium-driver openssh-server redis-server sudo pgbackrest; do
+for pkg in postgresql-15 postgresql-client-15 python3-venv ca-certificates chromium chromium-driver openssh-server redis-server sudo pgbackrest rsync; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -39,6 +39,9 @@ DYNAMIC = {
     "major/plan.py:pg_upgrade_check": ["{bindir}/pg_upgrade"],
     "major/after.py:analyze": ["{bindir}/vacuumdb"],
     "major/transfer.py:run_pg_upgrade": ["{bindir}/pg_upgrade"],
+    "major/standbys.py:plan_routes": ["ssh"],  # _ssh_argv
+    "major/standbys.py:_sync": ["rsync"],  # rsync_argv
+    "major/standbys.py:_ship_wal": ["rsync"],
     "minor/installers.py:apt_install": ["apt-get"],
     "minor/installers.py:run_install_command": [ADMIN_COMMAND],
     "extension/source.py:install_files": [ADMIN_COMMAND],

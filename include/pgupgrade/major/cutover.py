@@ -15,7 +15,7 @@ from pgupgrade.context import RunContext
 from pgupgrade.entities import snapshot_before
 from pgupgrade.errors import CheckFailed, CommandError, UnsafeState
 from pgupgrade.gates import gate_for
-from pgupgrade.major import transfer
+from pgupgrade.major import standbys, transfer
 from pgupgrade.major.fields import target_major
 from pgupgrade.major.model import MajorPlan, Method
 from pgupgrade.major.transfer import new_cluster, socket_for
@@ -233,13 +233,14 @@ Step = tuple[str, Callable[[RunContext], Any]]
 def cutover_steps(method: Method) -> list[Step]:
     """The outage-critical section, run in one task process so no task hand-off lengthens the outage: every
     step is still journaled (and can be failed on purpose) under its own name."""
-    stop: Step = ("stop_old", stop_old)
+    # the standbys stop after their primary (they receive its shutdown checkpoint: pgupgrade.major.standbys)
+    stop: list[Step] = [("stop_old", stop_old), ("stop_standbys", standbys.stop_standbys)]
     # pg_upgrade needs the old cluster stopped; dump/restore reads it while it still runs (logins blocked, no
     # client left), which saves a stop and a private start inside the outage
     moves: list[Step] = (
-        [stop, ("pg_upgrade", run_pg_upgrade)]
+        [*stop, ("pg_upgrade", run_pg_upgrade), ("sync_standbys", standbys.sync_standbys)]
         if method == Method.PG_UPGRADE
-        else [("dump_restore", run_dump_restore), stop]
+        else [("dump_restore", run_dump_restore), *stop]
     )
     return [
         ("terminate_clients", terminate),
@@ -247,6 +248,7 @@ def cutover_steps(method: Method) -> list[Step]:
         *moves,
         ("configure_new", configure_new),
         ("start_new_private", start_new_private),
+        ("reserve_standby_wal", standbys.reserve_wal),
         ("update_extensions", update_extensions),
         ("validate_facts", validate_facts),
         ("health_check", health_check),

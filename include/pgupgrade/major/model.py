@@ -71,6 +71,10 @@ class MajorPlan:
     collations: dict[str, Any] = field(default_factory=dict)
     # the primary and its listed standbys as proven by the plan (pgupgrade.topology.Topology); empty without them
     topology: dict[str, Any] = field(default_factory=dict)
+    # how each listed standby reaches the new major (pgupgrade.major.standbys.Route), and the old primary's
+    # physical slots the new primary recreates for them; empty without standbys
+    standby_routes: list[dict[str, Any]] = field(default_factory=list)
+    standby_slots: list[str] = field(default_factory=list)
 
     @property
     def mode(self) -> TransferMode:

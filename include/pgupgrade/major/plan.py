@@ -25,11 +25,11 @@ from pgupgrade.backup import needs_base
 from pgupgrade.cluster import Cluster
 from pgupgrade.context import RunContext
 from pgupgrade.errors import CommandError, ConfigError, PlanError
-from pgupgrade.major import transfer
+from pgupgrade.major import standbys, transfer
 from pgupgrade.major.fields import SUPPORTED_MAJORS, target_major
 from pgupgrade.major.model import MajorPlan, Method, NewCluster, OldCluster, TransferMode
 from pgupgrade.scratch import InitdbOptions, exists, is_empty_dir
-from pgupgrade.sql import connect, scalar_named
+from pgupgrade.sql import connect, fetch_named, scalar_named
 from pgupgrade.state import safe_name
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,8 @@ def plan(ctx: RunContext) -> MajorPlan | plans.AlreadyThere:
     registration.check(old, to_major, new_inst.bindir, host)  # the new cluster's service can be set up
     dbs = facts.user_databases(old)
     topo = topology.planned(old, ctx.standbys(), p["max_standby_lag_mb"])  # every listed standby proven
-    blockers = _blockers(ctx, running.major, dbs, new_inst, warnings)
+    streaming = frozenset(s["streams_as"] for s in topo.get("standbys", []))
+    blockers = _blockers(ctx, running.major, dbs, new_inst, warnings, streaming)
     archiving.plan_check(ctx, to_major, new_datadir, warnings)  # refuses a pgBackRest too old for the target
     data_bytes, relations = _size(old, dbs)
     options = scratch.matching_options(old)
@@ -93,6 +94,7 @@ def plan(ctx: RunContext) -> MajorPlan | plans.AlreadyThere:
     mode = TransferMode(p["transfer_mode"]) if method == Method.PG_UPGRADE else None
     backup_dir = p["backup_dir"] or backup.default_dir(ctx)
     space = _space(ctx, method, mode, len(dbs), data_bytes, backup_dir, new_datadir)
+    routes = standbys.plan_routes(ctx, topo, new_inst, new_datadir, method, mode)
     return MajorPlan(
         old=OldCluster(
             version=str(running),
@@ -126,7 +128,16 @@ def plan(ctx: RunContext) -> MajorPlan | plans.AlreadyThere:
         config=carried.for_plan(),
         collations=colls,
         topology=topo,
+        standby_routes=routes,
+        standby_slots=_physical_slots(old) if routes else [],
     )
+
+
+def _physical_slots(old: Cluster) -> list[str]:
+    """The old primary's physical slots but this tool's own (the new primary recreates them for its standbys)."""
+    with connect(old) as conn:
+        slots = fetch_named(conn, "replication-slots")
+    return [s["slot_name"] for s in slots if s["slot_type"] == "physical" and s["slot_name"] != backup.ROLLBACK_SLOT]
 
 
 def _installations(
@@ -169,12 +180,17 @@ def _new_datadir(ctx: RunContext, old_major: int, to_major: int) -> str:
 
 
 def _blockers(
-    ctx: RunContext, old_major: int, dbs: list[str], new_inst: versions.Installation, warnings: list[str]
+    ctx: RunContext,
+    old_major: int,
+    dbs: list[str],
+    new_inst: versions.Installation,
+    warnings: list[str],
+    standbys: frozenset[str],
 ) -> list[checks.Blocker]:
     """What stands in the way: unacknowledged blockers, an unhealthy old cluster, extensions the new installation
     lacks (each refuses); invalid indexes (a warning, added to ``warnings``). Returns every blocker found."""
     old = ctx.cluster
-    blockers = checks.upgrade_blockers(old, old_major, dbs)
+    blockers = checks.upgrade_blockers(old, old_major, dbs, standbys)
     refused = [b for b in blockers if b.ack_param and not ctx.params.get(b.ack_param)]
     if refused and not ctx.spec.get("ask_person"):  # else a person is asked after the plan (decisions)
         raise PlanError("; ".join(f"{b.detail} (set {b.ack_param}=true to go ahead)" for b in refused))

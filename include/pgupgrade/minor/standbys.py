@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from pgupgrade import identity, versions
+from pgupgrade import identity, topology, versions
 from pgupgrade.cluster import Cluster, service_for
 from pgupgrade.commands import Host
 from pgupgrade.context import RunContext
@@ -27,8 +27,6 @@ from pgupgrade.sql import connect, scalar_named
 from pgupgrade.state import RunJournal
 
 log = logging.getLogger(__name__)
-
-STREAM_TIMEOUT_S = 300
 
 
 def _listed(ctx: RunContext) -> dict[str, tuple[Cluster, Host]]:
@@ -108,22 +106,8 @@ def switch(
         runs = str(versions.Version.from_num(int(scalar_named(conn, "server-version-num"))))
     if runs != release:
         raise CheckFailed(f"standby {standby.name} runs {runs} after its restart from {bindir}, not {release}")
-    lag = caught_up(primary, planned["streams_as"], since)
+    lag = topology.caught_up(primary, planned["streams_as"], since)
     seconds = round(time.monotonic() - started, 3)
     journal.record("standby_switched", name=standby.name, to=bindir, release=release, seconds=seconds)
     log.info("standby %s on %s from %s, streaming again (%.1fs)", standby.name, release, bindir, seconds)
     return {"name": standby.name, "release": release, "bindir": bindir, "seconds": seconds, "replay_lag_bytes": lag}
-
-
-def caught_up(primary: Cluster, name: str, since: str, timeout: float = STREAM_TIMEOUT_S) -> int:
-    """Waits until the primary streams to ``name`` again with its replay at or past ``since``; the replay lag in
-    bytes then."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with connect(primary) as conn:
-            lag = scalar_named(conn, "standby-caught-up", {"name": name, "since": since})
-        if lag is not None:
-            return int(lag)
-        if time.monotonic() > deadline:
-            raise CheckFailed(f"standby {name} does not stream from the primary past {since} after {timeout:.0f}s")
-        time.sleep(0.5)
