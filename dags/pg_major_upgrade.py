@@ -10,7 +10,12 @@ rollback decides from facts on disk.
 - The new major installed beside the old one (`new_bindir`, or found automatically), with every extension the
   old cluster uses (control file and library).
 - The Airflow postgres connection of the cluster (`postgres_conn_id`) with `extra` = `pg_bindir`, `pg_datadir`,
-  `os_user`, `service`, optional `pg_confdir`, `ssh_conn_id`.
+  `os_user`, `service`, optional `pg_confdir`, `ssh_conn_id`, `standbys` (connection ids of its streaming
+  standbys: upgraded with it, see below).
+- Standbys (link mode): the new major on every standby host at the same `new_bindir`; `rsync` on every host; the
+  primary's OS user logs in to each standby host over SSH with its own key (the standby connection's
+  `ssh_from_primary`, host keys in its `known_hosts`); each standby's data directory mirrors the primary's layout
+  around the new one (e.g. `…/data` beside `…/data16`). All checked by the plan.
 - Free space for the backup and (copy / dump-restore) a second copy of the data; checked by the plan.
 - Link and swap mode: `wal_level` replica or logical, a free WAL sender and replication slot, and a replication
   connection allowed for the connection's user (the base backup below); checked by the plan.
@@ -42,14 +47,22 @@ copy and dump/restore time with the data size. The plan prints its estimate; the
    `terminate_clients` (the old cluster restarted where only the run reaches it — private socket, no client
    TCP: every session left after the grace period ends, whatever role it uses, the tool's own superuser
    included, and none comes back until the opening; then waits for the queue to be empty), `snapshot_facts`,
-   `stop_old` then `pg_upgrade` | `dump_restore` (from the old cluster while it still runs privately,
-   uncompressed) then `stop_old`, `configure_new` (configuration carried over correctly), `start_new_private`
-   (private socket, no TCP), `update_extensions` (pg_upgrade's
+   `stop_old`, `stop_standbys` (each once it replayed the primary's shutdown checkpoint — the WAL it could not
+   stream while the primary ran privately is shipped from the primary's `pg_wal` — then "Latest checkpoint
+   location" equal on every node, else the rollback starts every node back), then `pg_upgrade` and
+   `sync_standbys` (link mode: PostgreSQL's documented `rsync --archive --delete --hard-links --size-only
+   --no-inc-recursive` from the primary's host to every standby host at once, each standby's own files kept, its
+   configuration carried into its new directory with `standby.signal`) | `dump_restore` (from the old cluster
+   while it still runs privately, uncompressed) then `stop_old`, `stop_standbys`; `configure_new` (configuration
+   carried over correctly), `start_new_private` (private socket, no TCP), `reserve_standby_wal` (the old
+   primary's physical slots recreated, WAL held for the standbys), `update_extensions` (pg_upgrade's
    `update_extensions.sql`, metadata, triggers firing), `validate_facts`, `health_check`, `open_to_clients` (old
    port and sockets; logins given back). Why one task: each task hand-off costs 1-3 s of scheduling and process
    start-up, and ten of them inside the outage would triple it (see docs/benchmarks.md). The trade-off: these
    steps cannot be cleared one by one in the UI — after a failure the rollback DAG decides from the journal.
-5. **after** (clients are back) — `start_applications` (admin hook), `app_health` (polls the admin-configured URL
+5. **after** (clients are back) — `standbys` (each listed standby started on the new major and proven streaming
+   from the new primary; a standby not rsynced — copy/clone/swap, dump/restore, tablespaces, an external
+   `pg_wal`, another layout — is re-cloned by `pg_basebackup` first, outside the outage), `start_applications` (admin hook), `app_health` (polls the admin-configured URL
    in Variable `pgupgrade_app_health` until it answers `expect_status`; still unhealthy after `timeout_s` → the
    run fails; not configured → skipped with a message), `refresh_tviews`, `analyze`
    (`vacuumdb --analyze-in-stages`, built to run with clients connected), `performance`; beside them

@@ -35,7 +35,12 @@ The upgrade run's state directory (journal, plan, facts, backup manifest). Unpau
 4. `bring_back_old` or `restore_from_backup` (logins stay blocked), then `verify_old`: the old version serves
    with facts equal to the snapshot taken before the stop; the WAL-keeping slot is dropped; only then are
    logins given back.
-5. `report`; `finish` releases the lock — or, when the rollback itself failed, keeps it marked *needs
+5. `standbys_back` — every standby the upgrade stopped, back on the old major and proven streaming: restarted
+   when its old data directory is intact (rsync'd but never started on the new major: `pg_control` renamed back;
+   or not rsynced at all), else — it started on the new major, whose files are hard links of its old ones, or it
+   does not stream again — re-cloned by `pg_basebackup` from the old primary, its own top-level files
+   (configuration, `standby.signal`, logs) kept; the old primary's physical slots recreated first.
+6. `report`; `finish` releases the lock — or, when the rollback itself failed, keeps it marked *needs
    attention* so no run touches the cluster until a person has looked.
 
 ## Trigger by hand

@@ -3,6 +3,7 @@ host: the namespace hosts of tests/topology.py (127.0.0.2-4, own sshd, own /tmp 
 over SSH only. The rsync runs on the primary's host and logs in to each standby host over SSH with the postgres
 user's own key (known_hosts set up as a DBA would).
 
+0. A standby host without rsync: the plan refuses, naming it; nothing stopped.
 1. A failure injected right after the rsync (``configure_new``, the new primary never started): the rollback
    renames pg_control back on the primary and on each standby and restarts them: 15 on all three, both streaming
    again, the data as before.
@@ -128,6 +129,25 @@ def _same_data(ha: Ha, before: dict[str, Any]) -> None:
 def _linked_files(host: SecondHost, datadir: str) -> int:
     """Files of datadir with more than one name (hard links)."""
     return len(host.run(["find", datadir, "-type", "f", "-links", "+1"]).splitlines())
+
+
+def _journal_errors(dag_id: str, run_id: str) -> list[str]:
+    return [e["error"] for e in RunState.for_run(dag_id, run_id, state_root()).events() if e.get("error")]
+
+
+def test_plan_refuses_a_standby_host_without_rsync_nothing_stopped(ha: Ha) -> None:
+    third = ha.hosts[2]
+    third.run(["mount", "--bind", "/dev/null", "/usr/bin/rsync"])  # that host's mount namespace only
+    try:
+        dr, states = run(MAJOR, _conf(ha, "x"))
+    finally:
+        third.run(["umount", "/usr/bin/rsync"])
+    assert dr.state == "failed" and states["plan.plan"] == "failed", states
+    errors = _journal_errors(MAJOR, dr.run_id)
+    assert any(f"standby {ha.standbys[1].name}: rsync is not installed on {third.address}" in e for e in errors), errors
+    assert any("Nothing was stopped" in e for e in errors), errors
+    assert [served_version(c) for c in (ha.primary, *ha.standbys)] == [15, 15, 15]
+    wait_streaming(ha.primary, ha.names, timeout=5)
 
 
 def test_failure_right_after_the_rsync_restarts_every_old_node(ha: Ha, monkeypatch: pytest.MonkeyPatch) -> None:

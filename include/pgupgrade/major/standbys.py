@@ -125,9 +125,22 @@ def plan_routes(
     wide = _cluster_wide_why(ctx, method, mode)
     streams = {s["name"]: s["streams_as"] for s in topo["standbys"]}
     problems: list[str] = []
+    with connect(old) as conn:
+        sync = str(scalar_named(conn, "synchronous-standby-names"))
+    if sync:
+        problems.append(
+            f"synchronous_standby_names = {sync!r}: the new primary would hold every commit until its synchronous "
+            "standbys stream again, after opening; clear it for the upgrade (ALTER SYSTEM RESET, reload) and set it "
+            "back once the standbys stream"
+        )
     routes: list[Route] = []
     for standby, shost in ctx.standbys():
         where = f"standby {standby.name}"
+        with connect(standby) as conn:
+            cascading = [r["application_name"] for r in fetch_named(conn, "replication")]
+        if cascading:
+            problems.append(f"{where}: standbys stream from it (cascading: {', '.join(cascading)}): not handled")
+            continue
         if parse_service(standby.service).kind != "pg_ctl":
             problems.append(f"{where}: service {standby.service}: only pg_ctl standbys are upgraded with the primary")
             continue

@@ -1,0 +1,2 @@
+-- The primary's synchronous_standby_names ('' when replication is asynchronous).
+SELECT current_setting('synchronous_standby_names') AS names
