@@ -26,7 +26,7 @@ from pgupgrade.state import RunState
 
 from airflow_helpers import STATE, UPGRADE, minor_conf, minor_plan_context, run, upgrade_conf
 from conftest import register_connection
-from pgharness import HOST, Pool, server_port, wait_streaming
+from pgharness import HOST, Pool, served, server_port, wait_streaming
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 
@@ -69,12 +69,14 @@ def test_dry_runs_record_the_proven_topology(pool, replicated):
         assert row["datadir"] == s.datadir and 0 <= row["replay_lag_bytes"] < 64 * topology.MB
     # installer bindir: the standbys are upgraded first (tests/integration/test_rolling_minor.py), nothing to warn
     assert not [w for w in plan["warnings"] if "standby" in w], plan["warnings"]
-    # the major plan proves them the same way (and still asks to acknowledge that they must be rebuilt)
-    conf = upgrade_conf(pool, primary, "17", target_major=17, dry_run=True, ack_standbys=True)
+    # the major plan proves them the same way and takes them along: link mode on the same host, a local rsync
+    conf = upgrade_conf(pool, primary, "17", target_major=17, dry_run=True, transfer_mode="link")
     dr, states = run("pg_major_upgrade", conf)
     assert dr.state == "success", states
     major = RunState.for_run("pg_major_upgrade", dr.run_id, STATE).load("plan")
     assert {s["name"] for s in major["topology"]["standbys"]} == {s1.name, s2.name}
+    routes = {r["name"]: (r["how"], r["ssh"], r["new_datadir"]) for r in major["standby_routes"]}
+    assert routes == {s.name: ("rsync", None, f"{os.path.dirname(s.datadir)}/data17") for s in (s1, s2)}, routes
     _all_running(primary, s1, s2)
 
 
@@ -121,3 +123,36 @@ def test_another_primary_or_a_silent_standby_is_refused(pool, replicated):
     assert f"standby {stranger.name}: " in message and "not in recovery: not a standby" in message, message
     assert "system identifier" in message and f"standby {gone.name}: does not answer" in message, message
     _all_running(primary, s1, stranger)
+
+
+def test_copy_upgrade_reclones_the_standbys_after_opening_and_the_rollback_restarts_them(pool, replicated):
+    """Copy mode: the standbys cannot be rsynced (the new files are not hard links of the old ones), so each stops
+    with its primary and is re-cloned by pg_basebackup from the new primary after opening (its primary_conninfo,
+    read with postgres -C), its configuration carried; the rollback restarts them from their untouched old
+    directories."""
+    primary, s1, s2 = replicated
+    conf = upgrade_conf(pool, primary, "16", transfer_mode="copy", terminate_after_s=0)
+    dr, states = run("pg15_to_pg16_upgrade", conf)
+    assert dr.state == "success", states
+    journal = RunState.for_run("pg15_to_pg16_upgrade", dr.run_id, STATE)
+    routes = {r["name"]: r for r in journal.load("plan")["standby_routes"]}
+    assert {n: r["how"] for n, r in routes.items()} == {s1.name: "reclone", s2.name: "reclone"}, routes
+    assert "copy mode" in routes[s1.name]["why"]
+    recloned = [e["name"] for e in journal.events() if e["event"] == "standby_reclone"]
+    assert sorted(recloned) == sorted([s1.name, s2.name])
+    assert [served(c)[0] // 10000 for c in (primary, s1, s2)] == [16, 16, 16]
+    # streaming under their own names: each one's cluster_name was carried into its re-cloned directory
+    wait_streaming(primary, {s1.name, s2.name})
+    rb, rb_states = run(
+        "pg_major_upgrade_rollback",
+        {"postgres_conn_id": primary.name, "upgrade_dag_id": "pg15_to_pg16_upgrade", "upgrade_run_id": dr.run_id,
+         "accept_data_loss": True},
+    )  # fmt: skip
+    assert rb.state == "success", rb_states
+    back = [e for e in RunState.for_run("pg_major_upgrade_rollback", rb.run_id, STATE).events()
+            if e["event"] == "standby_back"]  # fmt: skip
+    assert sorted((e["name"], e["how"]) for e in back) == [(s1.name, "restarted"), (s2.name, "restarted")], back
+    assert [served(c)[0] // 10000 for c in (primary, s1, s2)] == [15, 15, 15]
+    wait_streaming(primary, {s1.name, s2.name})
+    for s in (s1, s2):
+        assert HOST.run(["test", "-e", routes[s.name]["new_datadir"]], check=False).exit_code == 1
