@@ -130,27 +130,34 @@ def minor_conf(old: Cluster, **over: Any) -> dict[str, Any]:
     }
 
 
-def minor_plan_context(cluster: Cluster, resolve: Any = None, **over: Any) -> Any:
-    """The RunContext of a minor upgrade's plan step, built without Airflow (``resolve``: a standby's connection id
-    → its cluster and host, as the Airflow layer does it)."""
+def plan_context(
+    dag_id: str, params: dict[str, Any], cluster: Cluster, *, host: Any = None, resolve: Any = None, spec: Any = None
+) -> Any:
+    """The RunContext of a plan step, built without Airflow (``resolve``: a standby's connection id → its cluster
+    and host, as the Airflow layer does it; ``host``: the local host unless given)."""
     from pgupgrade import profiles
     from pgupgrade.context import RunContext
     from pgupgrade.state import state_root
 
     from pgharness import HOST
 
-    params = minor_fields.validate_params(minor_conf(cluster, **over))
     run_id = f"plan-only-{os.getpid()}-{time.monotonic_ns()}"
     return RunContext(
-        dag_id=UPGRADE,
+        dag_id=dag_id,
         run_id=run_id,
         params=params,
         cluster=cluster,
-        host=HOST,
-        state=RunState.for_run(UPGRADE, run_id, state_root()),
+        host=host or HOST,
+        state=RunState.for_run(dag_id, run_id, state_root()),
         profile=profiles.get("pg_tviews"),
+        spec=spec or {},
         resolve=resolve,
     )
+
+
+def minor_plan_context(cluster: Cluster, resolve: Any = None, **over: Any) -> Any:
+    """The RunContext of a minor upgrade's plan step (``plan_context``)."""
+    return plan_context(UPGRADE, minor_fields.validate_params(minor_conf(cluster, **over)), cluster, resolve=resolve)
 
 
 def assert_rolled_back(old, upgrade_dag, upgrade_run, expected_path):

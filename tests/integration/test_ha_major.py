@@ -3,7 +3,7 @@ host: the namespace hosts of tests/topology.py (127.0.0.2-4, own sshd, own /tmp 
 over SSH only. The rsync runs on the primary's host and logs in to each standby host over SSH with the postgres
 user's own key (known_hosts set up as a DBA would).
 
-0. A standby host without rsync: the plan refuses, naming it; nothing stopped.
+0. A standby host without rsync: the plan step refuses, naming it; nothing stopped.
 1. A failure injected right after the rsync (``configure_new``, the new primary never started): the rollback
    renames pg_control back on the primary and on each standby and restarts them: 15 on all three, both streaming
    again, the data as before.
@@ -25,11 +25,12 @@ import pytest
 
 from pgupgrade import facts
 from pgupgrade.cluster import Cluster
+from pgupgrade.errors import PlanError
 from pgupgrade.major.standbys import HOLD_SLOT
 from pgupgrade.sql import connect, scalar
 from pgupgrade.state import RunState, state_root
 
-from airflow_helpers import run
+from airflow_helpers import plan_context, run
 from conftest import register_connection
 from pgharness import APP_DB, installation, served_version, wait_streaming
 from topology import SecondHost
@@ -131,21 +132,30 @@ def _linked_files(host: SecondHost, datadir: str) -> int:
     return len(host.run(["find", datadir, "-type", "f", "-links", "+1"]).splitlines())
 
 
-def _journal_errors(dag_id: str, run_id: str) -> list[str]:
-    return [e["error"] for e in RunState.for_run(dag_id, run_id, state_root()).events() if e.get("error")]
-
-
 def test_plan_refuses_a_standby_host_without_rsync_nothing_stopped(ha: Ha) -> None:
+    """The major plan step as the DAG runs it (connections resolved the Airflow way, each host over SSH)."""
+    from pgupgrade.airflow.connections import cluster_from_conn_id, host_for
+    from pgupgrade.major.fields import FIELDS
+    from pgupgrade.major.plan import plan
+    from pgupgrade.params import validate
+
+    def resolve(conn_id: str) -> tuple[Cluster, Any]:
+        c = cluster_from_conn_id(conn_id)
+        return c, host_for(c)
+
+    primary = cluster_from_conn_id(ha.primary.name)
+    params = dict(validate(FIELDS, _conf(ha, "x")))
+    ctx = plan_context(MAJOR, params, primary, host=host_for(primary), resolve=resolve,
+                       spec={"from_major": 15, "to_major": 16})  # fmt: skip
     third = ha.hosts[2]
-    third.run(["mount", "--bind", "/dev/null", "/usr/bin/rsync"])  # that host's mount namespace only
+    third.run(["mount", "--bind", "/dev/null", "/usr/bin/rsync"])  # in that host's mount namespace only
     try:
-        dr, states = run(MAJOR, _conf(ha, "x"))
+        with pytest.raises(PlanError) as refused:
+            plan(ctx)
     finally:
         third.run(["umount", "/usr/bin/rsync"])
-    assert dr.state == "failed" and states["plan.plan"] == "failed", states
-    errors = _journal_errors(MAJOR, dr.run_id)
-    assert any(f"standby {ha.standbys[1].name}: rsync is not installed on {third.address}" in e for e in errors), errors
-    assert any("Nothing was stopped" in e for e in errors), errors
+    assert f"standby {ha.standbys[1].name}: rsync is not installed on {third.address}" in str(refused.value)
+    assert str(refused.value).endswith("Nothing was stopped.")
     assert [served_version(c) for c in (ha.primary, *ha.standbys)] == [15, 15, 15]
     wait_streaming(ha.primary, ha.names, timeout=5)
 
