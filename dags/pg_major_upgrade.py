@@ -60,9 +60,10 @@ copy and dump/restore time with the data size. The plan prints its estimate; the
    port and sockets; logins given back). Why one task: each task hand-off costs 1-3 s of scheduling and process
    start-up, and ten of them inside the outage would triple it (see docs/benchmarks.md). The trade-off: these
    steps cannot be cleared one by one in the UI — after a failure the rollback DAG decides from the journal.
-5. **after** (clients are back) — `standbys` (each listed standby started on the new major and proven streaming
-   from the new primary; a standby not rsynced — copy/clone/swap, dump/restore, tablespaces, an external
-   `pg_wal`, another layout — is re-cloned by `pg_basebackup` first, outside the outage), `start_applications` (admin hook), `app_health` (polls the admin-configured URL
+5. **after** (clients are back) — `standby_names` → `standby` (a mapped task per listed standby: started on the
+   new major and proven streaming from the new primary; one not rsynced — copy/clone/swap, dump/restore,
+   tablespaces, an external `pg_wal`, another layout — is re-cloned by `pg_basebackup` first, outside the
+   outage) → `release_standby_wal`; `start_applications` (admin hook), `app_health` (polls the admin-configured URL
    in Variable `pgupgrade_app_health` until it answers `expect_status`; still unhealthy after `timeout_s` → the
    run fails; not configured → skipped with a message), `refresh_tviews`, `analyze`
    (`vacuumdb --analyze-in-stages`, built to run with clients connected), `performance`; beside them
@@ -291,12 +292,26 @@ def build(from_major: int | None, to_major: int | None) -> DAG:
                 "REINDEX CONCURRENTLY the indexes on collations whose version changed in the new installation (the "
                 "plan names them), then refresh the recorded versions; nothing when every version is equal.",
             )
-            step(
-                "standbys",
-                standbys.start_standbys,
-                "The listed standbys on the new major (re-cloned by pg_basebackup first when not rsynced), each "
-                "proven streaming from the new primary; nothing without standbys.",
+            names = step(
+                "standby_names",
+                standbys.to_start,
+                "The listed standbys still to start on the new major: one `standby` task each.",
                 trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,  # after whichever method ran
+            )
+            one = tasks.mapped_step_task(
+                "standby",
+                standbys.start_standby,
+                names,
+                fields=F,
+                spec=spec,
+                doc="One standby on the new major (re-cloned by pg_basebackup first when not rsynced), proven "
+                "streaming from the new primary (dynamic task mapping: a task instance per standby).",
+            )
+            one >> step(
+                "release_standby_wal",
+                standbys.release_wal,
+                "Once every standby streams: the slot that held WAL for them dropped; nothing without standbys.",
+                trigger_rule=TriggerRule.NONE_FAILED,  # also when there was no standby to start
             )
             start_apps >> check_apps >> rf >> an >> pf
             check_apps >> co

@@ -449,6 +449,18 @@ def ensure_locale(name: str = "fr_FR.UTF-8") -> str:
     return name
 
 
+def wait_replayed(standby: Cluster, query: str, params: tuple[Any, ...], timeout: float = 60) -> None:
+    """Until ``query`` (one value) is true on the standby in the application database: a row replayed there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with connect(standby, APP_DB) as conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            if cur.fetchone()[0]:
+                return
+        assert time.monotonic() < deadline, f"{query} {params}: not replayed by {standby.name} after {timeout}s"
+        time.sleep(0.2)
+
+
 def wait_streaming(primary: Cluster, names: set[str], timeout: float = 60) -> None:
     """Until the primary streams to every standby named (application_name in pg_stat_replication)."""
     deadline = time.monotonic() + timeout

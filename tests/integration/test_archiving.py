@@ -2,11 +2,11 @@
 
 - pgBackRest (Debian 12's 2.45, a local repository): archiving works on 15; the upgrade to 16 is refused in the
   plan, naming the release needed (2.46), with nothing stopped.
-- A plain archive script: a fault drill after the new cluster started privately is rolled back and the archive
-  holds no WAL of the new cluster (each segment's system identifier, read from its long page header), the old
-  cluster archiving again; then a link upgrade 15 → 17 archives nothing of the new cluster before its public start
-  (the archive script's log against the journal) and archives after opening, through the admin's ``archiving``
-  hook run with the new cluster in its environment.
+- A plain archive script (full tier): a fault drill after the new cluster started privately is rolled back and
+  the archive holds no WAL of the new cluster (each segment's system identifier, read from its long page
+  header), the old cluster archiving again; then a link upgrade 15 → 17 archives nothing of the new cluster
+  before its public start (the archive script's log against the journal) and archives after opening, through
+  the admin's ``archiving`` hook run with the new cluster in its environment.
 - Barman 3.19.1 from PyPI (its own virtualenv, include/scripts/install.sh), ``archiver = on``: the cluster's
   archive_command delivers into the incoming directory of the Barman server of its major, a base backup of the old
   cluster by ``backup_method = postgres``, ``barman check`` OK. A fault drill rolled back leaves Barman's server
@@ -197,6 +197,7 @@ def _upgrade_with_hook(pool, old, conf, monkeypatch, hook: list[str]) -> Upgrade
     )
 
 
+@pytest.mark.full  # CI proves the same rule through Barman (below), a real archiver
 def test_script_archive_holds_no_wal_of_the_new_cluster_before_opening(pool, monkeypatch):
     top = _owned_dir(pool.root / "script-archive")
     arch, log, script = _owned_dir(top / "wal"), top / "archive.log", top / "archive.sh"

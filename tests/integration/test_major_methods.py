@@ -105,6 +105,7 @@ def test_rehearsal_touches_nothing_in_production(pool):
     assert not state.happened("old_stop_requested")
 
 
+@pytest.mark.full  # CI: tests/integration/test_rollback_after_success.py refuses and rolls back after writes
 def test_manual_rollback_after_success_only_when_nothing_was_written(pool):
     """Rolling back by hand after a successful copy-mode upgrade: refused while the new cluster holds a write
     made after it opened (and the new cluster keeps serving), allowed once its facts equal those at opening."""

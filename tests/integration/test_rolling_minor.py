@@ -11,29 +11,22 @@ replay its primary's WAL), streaming again, every write kept.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import replace
 
 import pytest
 
-from pgupgrade.sql import connect, scalar
+from pgupgrade.sql import connect
 from pgupgrade.state import RunState, state_root
 
 from airflow_helpers import ROLLBACK, UPGRADE, minor_conf, report_of, run, run_under_writes
 from conftest import register_connection
-from pgharness import APP_DB, Pool, served, wait_streaming
+from pgharness import APP_DB, Pool, served, wait_replayed, wait_streaming
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 
 
-def _reaches(standby, marker: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with connect(standby, APP_DB) as conn:
-            if scalar(conn, "SELECT count(*) FROM orders WHERE customer = %s", (marker,)):
-                return
-        assert time.monotonic() < deadline, f"{marker} not replayed by {standby.name} after {timeout}s"
-        time.sleep(0.2)
+def _reaches(standby, marker: str) -> None:
+    wait_replayed(standby, "SELECT count(*) FROM orders WHERE customer = %s", (marker,), timeout=30)
 
 
 def test_standby_first_then_the_primary_and_back(pool: Pool) -> None:

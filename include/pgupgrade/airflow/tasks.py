@@ -116,6 +116,31 @@ def steps_task(
     return PythonOperator(task_id=task_id, python_callable=_run, doc_md=doc, retries=0, **task_kwargs).output
 
 
+def _one_arg(item: Any) -> list[Any]:
+    return [item]
+
+
+def mapped_step_task(
+    task_id: str,
+    fn: Callable[[RunContext, str], Any],
+    over: Any,
+    *,
+    fields: list[Field],
+    spec: dict[str, Any] | None = None,
+    doc: str,
+) -> Any:
+    """One task instance per item of ``over`` (an upstream task's list: dynamic task mapping), each running
+    ``fn(ctx, item)`` journaled as ``<task_id>[<item>]``; an empty list makes no instance (skipped)."""
+
+    def _run(item: str) -> Any:
+        rc = run_context(fields, spec)
+        return _jsonable(journaled(rc.state, f"{task_id}[{item}]", lambda: fn(rc, item)))
+
+    _run.__name__ = task_id
+    operator = PythonOperator.partial(task_id=task_id, python_callable=_run, doc_md=doc, retries=0)
+    return operator.expand(op_args=over.map(_one_arg))
+
+
 def sensor_task(
     task_id: str,
     fn: Callable[[RunContext], bool],

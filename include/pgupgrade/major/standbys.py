@@ -19,8 +19,9 @@ Each standby gets a route in the plan (``standby_routes``, with why):
   the new primary on its host, outside the outage.
 
 The new primary reserves WAL for them from its first start (``reserve_wal``): the old primary's physical slots
-recreated, plus ``pgupgrade_standby_hold`` for standbys without one, dropped once every standby streams. After
-opening, ``start_standbys`` starts each on the new major and proves it streams from the new primary.
+recreated, plus ``pgupgrade_standby_hold`` for standbys without one, dropped once every standby streams
+(``release_wal``). After opening, ``start_standby`` (a mapped task per standby: ``to_start``) starts each on the
+new major and proves it streams from the new primary.
 
 Rollback (``standbys_back``, once the old primary serves again): a standby whose old directory is intact (an
 rsync'd one that never started on the new major: its ``pg_control`` renamed back; a re-clone route's) starts and
@@ -216,8 +217,8 @@ def stop_standbys(ctx: RunContext) -> list[dict[str, Any]]:
         ctx.cluster, ctx.host
     )
     control = services.controldata(ctx.cluster, ctx.host)
-    out, differ = [], []
-    for route, standby, shost in routes:
+
+    def stop(route: Route, standby: Cluster, shost: Host) -> dict[str, Any]:
         svc = service_for(standby, shost)
         ctx.state.record("standby_stop_requested", name=route.name)  # the rollback starts it back
         if route.how == "rsync" and svc.is_running():
@@ -225,9 +226,13 @@ def stop_standbys(ctx: RunContext) -> list[dict[str, Any]]:
         svc.stop("fast")
         at = services.checkpoint_lsn(standby, shost)
         ctx.state.record("standby_stopped", name=route.name, checkpoint_lsn=at)
-        out.append({"name": route.name, "checkpoint_lsn": at})
-        if route.how == "rsync" and at != primary_at:
-            differ.append(f"{route.name} {at}")
+        return {"name": route.name, "checkpoint_lsn": at, "how": route.how}
+
+    with ThreadPoolExecutor(max_workers=len(routes)) as pool:  # each waits for its own WAL retry
+        out = list(pool.map(lambda t: stop(*t), routes))
+    differ = [
+        f"{o['name']} {o['checkpoint_lsn']}" for o in out if o["how"] == "rsync" and o["checkpoint_lsn"] != primary_at
+    ]
     if differ:
         raise CheckFailed(
             f"Latest checkpoint location differs from the primary's {primary_at}: {', '.join(differ)}: a standby "
@@ -238,15 +243,15 @@ def stop_standbys(ctx: RunContext) -> list[dict[str, Any]]:
 
 
 def _wait_replayed(standby: Cluster, lsn: str, ship: Callable[[str], None], timeout: float = REPLAY_TIMEOUT_S) -> None:
-    """Until the standby has replayed the record at ``lsn``; once it stands still, the WAL it lacks is shipped to
-    it (``ship(its replay position)``)."""
+    """Until the standby has replayed the record at ``lsn``; if it has not at first sight, the WAL it lacks is
+    shipped to it at once (``ship(its replay position)``): its primary is stopped, nothing more will stream."""
     started, shipped = time.monotonic(), False
     while True:
         with connect(standby) as conn:
             row = fetch_named(conn, "standby-replayed", {"lsn": lsn})[0]
         if row["replayed"]:
             return
-        if not shipped and time.monotonic() > started + 1:
+        if not shipped:
             ship(str(row["replay_lsn"]))
             shipped = True
         if time.monotonic() > started + timeout:
@@ -264,9 +269,10 @@ def wal_file(timeline: int, lsn: str, segment_bytes: int) -> str:
 
 def _ship_wal(ctx: RunContext, route: Route, standby: Cluster, control: dict[str, str], replay_lsn: str) -> None:
     """The WAL a standby could not stream — the cutover restarted the primary where only this run reaches it, so
-    its standbys lost it then — copied from the stopped primary's pg_wal into the standby's: its startup
-    process reads pg_wal while streaming fails (every ``wal_retrieve_retry_interval``). Only the segments from
-    its replay position to the primary's shutdown checkpoint (and the next, a record may cross into it)."""
+        its standbys lost it then — copied from the stopped primary's pg_wal into the standby's: its startup
+        process reads pg_wal while streaming fails (every ``wal_retrieve_retry_interval``, 5 s by default: the standbys
+    wait for it at once, each in its own thread). Only the segments from
+        its replay position to the primary's shutdown checkpoint (and the next, a record may cross into it)."""
     tli, size = int(control["Latest checkpoint's TimeLineID"]), int(control["Bytes per WAL segment"])
     first, last = wal_file(tli, replay_lsn, size), wal_file(tli, control["Latest checkpoint location"], size)
     wal = f"{ctx.cluster.datadir}/pg_wal"
@@ -361,37 +367,46 @@ def reserve_wal(ctx: RunContext) -> list[str]:
 # -- after opening -----------------------------------------------------------------------------------------------
 
 
-def start_standbys(ctx: RunContext) -> list[dict[str, Any]]:
-    """After opening: each standby on the new major (re-cloned first on a reclone route), proven streaming from
-    the new primary; then the hold slot is dropped."""
+def to_start(ctx: RunContext) -> list[str]:
+    """After opening: the standbys still to start on the new major (one mapped ``standby`` task each)."""
     plan_ = ctx.plan(MajorPlan)
-    routes = _routes(ctx, plan_)
-    if not routes:
-        return []
+    return [r["name"] for r in plan_.standby_routes if not _event(ctx.state, "standby_streaming", name=r["name"])]
+
+
+def start_standby(ctx: RunContext, name: str) -> dict[str, Any]:
+    """One standby on the new major (re-cloned first on a reclone route), proven streaming from the new primary."""
+    plan_ = ctx.plan(MajorPlan)
+    [(route, standby, shost)] = [t for t in _routes(ctx, plan_) if t[0].name == name]
     primary = new_cluster(ctx, plan_, private=False)
-    out = []
-    for route, standby, shost in routes:
-        if _event(ctx.state, "standby_streaming", name=route.name):
-            continue  # a retried task
-        started = time.monotonic()
-        new = replace(standby, bindir=plan_.new.bindir, datadir=route.new_datadir, confdir=None)
-        if route.how == "reclone" and not _event(ctx.state, "standby_new_start", name=route.name):
-            ctx.state.record("standby_reclone", name=route.name, new_datadir=route.new_datadir)
-            basebackup(shost, standby.os_user, plan_.new.bindir, route.new_datadir, primary_conninfo(standby, shost))
-            configure_new_standby(standby, shost, route.new_datadir, plan_)
-        with connect(primary) as conn:
-            since = str(scalar_named(conn, "wal-position"))
-        ctx.state.record("standby_new_start", name=route.name)  # from here its old files may change (rsync)
-        services.start_if_down(new, shost)
-        _runs_major(new, versions.Version.parse(plan_.new.version).major)
-        lag = topology.caught_up(primary, route.streams_as, since)
-        seconds = round(time.monotonic() - started, 3)
-        ctx.state.record("standby_streaming", name=route.name, seconds=seconds, replay_lag_bytes=lag)
-        log.info("standby %s on the new major, streaming (%s, %.1fs)", route.name, route.how, seconds)
-        out.append({"name": route.name, "how": route.how, "seconds": seconds, "replay_lag_bytes": lag})
+    started = time.monotonic()
+    new = replace(standby, bindir=plan_.new.bindir, datadir=route.new_datadir, confdir=None)
+    if route.how == "reclone" and not _event(ctx.state, "standby_new_start", name=name):
+        ctx.state.record("standby_reclone", name=name, new_datadir=route.new_datadir)
+        basebackup(shost, standby.os_user, plan_.new.bindir, route.new_datadir, primary_conninfo(standby, shost))
+        configure_new_standby(standby, shost, route.new_datadir, plan_)
     with connect(primary) as conn:
+        since = str(scalar_named(conn, "wal-position"))
+    ctx.state.record("standby_new_start", name=name)  # from here its old files may change (rsync)
+    services.start_if_down(new, shost)
+    _runs_major(new, versions.Version.parse(plan_.new.version).major)
+    lag = topology.caught_up(primary, route.streams_as, since)
+    seconds = round(time.monotonic() - started, 3)
+    ctx.state.record("standby_streaming", name=name, seconds=seconds, replay_lag_bytes=lag)
+    log.info("standby %s on the new major, streaming (%s, %.1fs)", name, route.how, seconds)
+    return {"name": name, "how": route.how, "seconds": seconds, "replay_lag_bytes": lag}
+
+
+def release_wal(ctx: RunContext) -> bool:
+    """Once every standby streams: the hold slot dropped (the standbys' own slots keep what they need)."""
+    plan_ = ctx.plan(MajorPlan)
+    if not plan_.standby_routes:
+        return False
+    waiting = [r["name"] for r in plan_.standby_routes if not _event(ctx.state, "standby_streaming", name=r["name"])]
+    if waiting:
+        raise CheckFailed(f"standbys not streaming yet: {', '.join(waiting)}; the hold slot keeps their WAL")
+    with connect(new_cluster(ctx, plan_, private=False)) as conn:
         fetch_named(conn, "drop-replication-slot", {"slot": HOLD_SLOT})
-    return out
+    return True
 
 
 def _runs_major(cluster: Cluster, major: int) -> None:
