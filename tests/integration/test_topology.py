@@ -49,6 +49,7 @@ def _all_running(*clusters: Cluster) -> None:
     assert all(Service(c, HOST).is_running() for c in clusters)
 
 
+@pytest.mark.full  # CI: the topology is proven and used through the DAGs by test_rolling_minor and test_ha_major
 def test_dry_runs_record_the_proven_topology(pool, replicated):
     primary, s1, s2 = replicated
     dr, states = run(UPGRADE, minor_conf(primary, dry_run=True))

@@ -54,7 +54,7 @@ from pgupgrade.major.model import MajorPlan, Method, TransferMode
 from pgupgrade.major.transfer import new_cluster
 from pgupgrade.scratch import exists, is_empty_dir
 from pgupgrade.sql import connect, fetch_named, scalar_named
-from pgupgrade.state import RunJournal
+from pgupgrade.state import first_where
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +188,6 @@ def plan_routes(
 
 
 # -- cutover -----------------------------------------------------------------------------------------------------
-
-
-def _event(journal: RunJournal, event: str, **match: Any) -> dict[str, Any] | None:
-    return next((e for e in journal.events() if e["event"] == event and match.items() <= e.items()), None)
 
 
 def _routes(ctx: RunContext, plan_: MajorPlan) -> list[tuple[Route, Cluster, Host]]:
@@ -370,7 +366,7 @@ def reserve_wal(ctx: RunContext) -> list[str]:
 def to_start(ctx: RunContext) -> list[str]:
     """After opening: the standbys still to start on the new major (one mapped ``standby`` task each)."""
     plan_ = ctx.plan(MajorPlan)
-    return [r["name"] for r in plan_.standby_routes if not _event(ctx.state, "standby_streaming", name=r["name"])]
+    return [r["name"] for r in plan_.standby_routes if not first_where(ctx.state, "standby_streaming", name=r["name"])]
 
 
 def start_standby(ctx: RunContext, name: str) -> dict[str, Any]:
@@ -380,7 +376,7 @@ def start_standby(ctx: RunContext, name: str) -> dict[str, Any]:
     primary = new_cluster(ctx, plan_, private=False)
     started = time.monotonic()
     new = replace(standby, bindir=plan_.new.bindir, datadir=route.new_datadir, confdir=None)
-    if route.how == "reclone" and not _event(ctx.state, "standby_new_start", name=name):
+    if route.how == "reclone" and not first_where(ctx.state, "standby_new_start", name=name):
         ctx.state.record("standby_reclone", name=name, new_datadir=route.new_datadir)
         basebackup(shost, standby.os_user, plan_.new.bindir, route.new_datadir, primary_conninfo(standby, shost))
         configure_new_standby(standby, shost, route.new_datadir, plan_)
@@ -401,7 +397,7 @@ def release_wal(ctx: RunContext) -> bool:
     plan_ = ctx.plan(MajorPlan)
     if not plan_.standby_routes:
         return False
-    waiting = [r["name"] for r in plan_.standby_routes if not _event(ctx.state, "standby_streaming", name=r["name"])]
+    waiting = to_start(ctx)
     if waiting:
         raise CheckFailed(f"standbys not streaming yet: {', '.join(waiting)}; the hold slot keeps their WAL")
     with connect(new_cluster(ctx, plan_, private=False)) as conn:
@@ -458,16 +454,15 @@ def standbys_back(ctx: RunContext) -> list[dict[str, Any]]:
             fetch_named(conn, "physical-slot-create", {"name": name})
     out = []
     for route, standby, shost in _routes(ctx, plan_):
-        if not _event(up, "standby_stop_requested", name=route.name) or _event(
-            ctx.state, "standby_back", name=route.name
-        ):
-            continue  # fmt: skip
+        stopped = first_where(up, "standby_stop_requested", name=route.name)
+        if not stopped or first_where(ctx.state, "standby_back", name=route.name):
+            continue  # never stopped by the upgrade, or already back (a retried task)
         started = time.monotonic()
         new = replace(standby, bindir=plan_.new.bindir, datadir=route.new_datadir, confdir=None)
         services.stop_if_running(new, shost)
-        if _event(up, "standby_sync", name=route.name) or _event(up, "standby_reclone", name=route.name):
+        if first_where(up, "standby_sync", name=route.name) or first_where(up, "standby_reclone", name=route.name):
             _remove_new(new, shost, versions.Version.parse(plan_.new.version).major)
-        intact = route.how == "reclone" or not _event(up, "standby_new_start", name=route.name)
+        intact = route.how == "reclone" or not first_where(up, "standby_new_start", name=route.name)
         how = "restarted" if intact and _restarted(ctx.cluster, standby, shost, route) else "recloned"
         if how == "recloned":
             _reclone_old(standby, shost)

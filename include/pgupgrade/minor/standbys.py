@@ -24,18 +24,13 @@ from pgupgrade.errors import CheckFailed
 from pgupgrade.minor.plan import MinorPlan
 from pgupgrade.minor.rollback import recorded_plan
 from pgupgrade.sql import connect, scalar_named
-from pgupgrade.state import RunJournal
+from pgupgrade.state import RunJournal, first_where
 
 log = logging.getLogger(__name__)
 
 
 def _listed(ctx: RunContext) -> dict[str, tuple[Cluster, Host]]:
     return {c.name: (c, h) for c, h in ctx.standbys()}
-
-
-def _event(journal: RunJournal, event: str, **match: Any) -> dict[str, Any] | None:
-    """The first ``event`` whose fields include ``match``."""
-    return next((e for e in journal.events() if e["event"] == event and match.items() <= e.items()), None)
 
 
 def upgrade_standbys(ctx: RunContext) -> list[dict[str, Any]]:
@@ -48,7 +43,7 @@ def upgrade_standbys(ctx: RunContext) -> list[dict[str, Any]]:
     done = []
     for s in plan_.topology["standbys"]:
         standby, host = listed[s["name"]]
-        if _event(ctx.state, "standby_switched", name=s["name"], to=plan_.new.bindir):
+        if first_where(ctx.state, "standby_switched", name=s["name"], to=plan_.new.bindir):
             continue  # a retried task: this one is on the target already
         done.append(
             switch(ctx.state, ctx.cluster, standby, host, s, plan_.topology["system_identifier"],
@@ -66,8 +61,8 @@ def standbys_back(ctx: RunContext) -> list[dict[str, Any]]:
     listed = _listed(ctx)
     done = []
     for s in plan_.topology["standbys"]:
-        went = _event(up, "standby_switch", name=s["name"])
-        if went is None or _event(ctx.state, "standby_switched", name=s["name"], to=went["previous"]):
+        went = first_where(up, "standby_switch", name=s["name"])
+        if went is None or first_where(ctx.state, "standby_switched", name=s["name"], to=went["previous"]):
             continue
         standby, host = listed[s["name"]]
         done.append(

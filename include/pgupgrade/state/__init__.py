@@ -55,6 +55,11 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def first_where(journal: RunJournal, event: str, **match: Any) -> dict[str, Any] | None:
+    """The first ``event`` of the journal whose fields include ``match`` (e.g. one standby's by its name)."""
+    return next((e for e in journal.events() if e["event"] == event and match.items() <= e.items()), None)
+
+
 class RunJournal(Protocol):
     """One run's journal (events, each recorded before the step it records acts) and its named documents."""
 
