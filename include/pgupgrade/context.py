@@ -32,15 +32,19 @@ class RunContext:
     # a standby's connection id → its cluster and the host it runs on (the Airflow layer reads connections)
     resolve: Callable[[str], tuple[Cluster, Host]] | None = field(default=None, repr=False, compare=False)
     _plans: dict[type, Any] = field(default_factory=dict, repr=False, compare=False)
+    _standbys: list[tuple[Cluster, Host]] | None = field(default=None, repr=False, compare=False)
     _lock_key: str | None = field(default=None, repr=False, compare=False)
 
     def standbys(self) -> list[tuple[Cluster, Host]]:
-        """The cluster's standbys as its connection lists them (extra ``standbys``), each with its host."""
+        """The cluster's standbys as its connection lists them (extra ``standbys``), each with its host: resolved
+        once per context (each resolution may open an SSH connection; a step of the cutover must not repeat it)."""
         if not self.cluster.standbys:
             return []
         if self.resolve is None:
             raise ConfigError(f"{self.cluster.name}.extra.standbys", "no way to read the standbys' connections here")
-        return [self.resolve(conn_id) for conn_id in self.cluster.standbys]
+        if self._standbys is None:
+            self._standbys = [self.resolve(conn_id) for conn_id in self.cluster.standbys]
+        return self._standbys
 
     def plan(self, cls: type[P]) -> P:
         """This run's recorded plan as its runbook's type, read once per context."""

@@ -141,7 +141,7 @@ INVENTORY: tuple[Privilege, ...] = (
     _os(
         "mv",
         "set the old data directory and rolled-back tablespace directories aside, pg_control.old back"
-        " (recovery, major.rollback, major.standbys)",
+        " (recovery, services.restore_pg_control, major.standbys)",
     ),
     _os("pgbackrest", "version, stanza-upgrade, check and full backup of the new cluster (archiving)"),
     _os("rmdir", "the emptied directory a re-cloned standby's own files waited in (major.standbys)"),

@@ -91,6 +91,12 @@ def pg_control_state(host: Host, datadir: str, user: str) -> dict[str, bool]:
     return {"pg_control": ex("global/pg_control"), "pg_control.old": ex("global/pg_control.old")}
 
 
+def restore_pg_control(host: Host, datadir: str, user: str) -> None:
+    """``global/pg_control.old`` (link-mode pg_upgrade's rename: the old cluster cannot start) renamed back."""
+    host.run(["mv", "--", f"{datadir}/global/pg_control.old", f"{datadir}/global/pg_control"], user=user)
+    log.info("renamed global/pg_control.old back to global/pg_control in %s", datadir)
+
+
 def cutover_private(cluster: Cluster, host: Host) -> Cluster:
     """The old cluster as the cutover restarts it: where only this run reaches it."""
     return private_cluster(cluster, cluster.datadir, cluster.bindir, socket_path(f"{cluster.datadir}/cutover"), host)

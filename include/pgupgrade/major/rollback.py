@@ -215,10 +215,7 @@ def bring_back_old(path: str, upgrade_state: RunJournal, old: Cluster, host: Hos
     undone = stop_new(upgrade_state, old, host)
     empty_unused_new(upgrade_state, old, host)
     if path == RollbackPath.RESTORE_PG_CONTROL:
-        host.run(
-            ["mv", "--", f"{old.datadir}/global/pg_control.old", f"{old.datadir}/global/pg_control"], user=old.os_user
-        )
-        log.info("renamed global/pg_control.old back to global/pg_control")
+        services.restore_pg_control(host, old.datadir, old.os_user)
     start_if_down(old, host)
     return {"registration_undone": undone}
 

@@ -108,6 +108,12 @@ def _cluster_wide_why(ctx: RunContext, method: Method, mode: TransferMode | None
     return ""
 
 
+def _layout(old_datadir: str, new_datadir: str) -> tuple[str, str, str]:
+    """The common parent of the old and new data directories, and each relative to it (what a standby mirrors)."""
+    common = os.path.commonpath([old_datadir, new_datadir])
+    return common, os.path.relpath(old_datadir, common), os.path.relpath(new_datadir, common)
+
+
 def _ssh_argv(dest: str, port: int) -> list[str]:
     return ["ssh", "-p", str(port), *_SSH_OPTIONS.split(), dest]
 
@@ -121,8 +127,7 @@ def plan_routes(
     if not topo:
         return []
     old, host = ctx.cluster, ctx.host
-    common = os.path.commonpath([old.datadir, new_datadir])
-    rel_old, rel_new = os.path.relpath(old.datadir, common), os.path.relpath(new_datadir, common)
+    _, rel_old, rel_new = _layout(old.datadir, new_datadir)
     wide = _cluster_wide_why(ctx, method, mode)
     streams = {s["name"]: s["streams_as"] for s in topo["standbys"]}
     problems: list[str] = []
@@ -209,10 +214,8 @@ def stop_standbys(ctx: RunContext) -> list[dict[str, Any]]:
     routes = _routes(ctx, plan_)
     if not routes:
         return []
-    primary_at = (ctx.state.first("old_stopped") or {}).get("checkpoint_lsn") or services.checkpoint_lsn(
-        ctx.cluster, ctx.host
-    )
-    control = services.controldata(ctx.cluster, ctx.host)
+    control = services.controldata(ctx.cluster, ctx.host)  # the stopped primary's
+    primary_at = control["Latest checkpoint location"]
 
     def stop(route: Route, standby: Cluster, shost: Host) -> dict[str, Any]:
         svc = service_for(standby, shost)
@@ -265,10 +268,10 @@ def wal_file(timeline: int, lsn: str, segment_bytes: int) -> str:
 
 def _ship_wal(ctx: RunContext, route: Route, standby: Cluster, control: dict[str, str], replay_lsn: str) -> None:
     """The WAL a standby could not stream — the cutover restarted the primary where only this run reaches it, so
-        its standbys lost it then — copied from the stopped primary's pg_wal into the standby's: its startup
-        process reads pg_wal while streaming fails (every ``wal_retrieve_retry_interval``, 5 s by default: the standbys
-    wait for it at once, each in its own thread). Only the segments from
-        its replay position to the primary's shutdown checkpoint (and the next, a record may cross into it)."""
+    its standbys lost it then — copied from the stopped primary's pg_wal into the standby's: its startup process
+    reads pg_wal while streaming fails (every ``wal_retrieve_retry_interval``, 5 s by default: the standbys wait
+    for it at once, each in its own thread). Only the segments from its replay position to the primary's shutdown
+    checkpoint (and the next, a record may cross into it)."""
     tli, size = int(control["Latest checkpoint's TimeLineID"]), int(control["Bytes per WAL segment"])
     first, last = wal_file(tli, replay_lsn, size), wal_file(tli, control["Latest checkpoint location"], size)
     wal = f"{ctx.cluster.datadir}/pg_wal"
@@ -298,8 +301,7 @@ def _dest(route: Route, path: str) -> str:
 def rsync_argv(old_datadir: str, new_datadir: str, route: Route) -> list[str]:
     """The documented rsync of the old and new data directories to the standby's root, keeping the standby's
     own top-level files and replication slots (filters anchored at the common parent: ``--relative``)."""
-    common = os.path.commonpath([old_datadir, new_datadir])
-    rel_old, rel_new = os.path.relpath(old_datadir, common), os.path.relpath(new_datadir, common)
+    common, rel_old, rel_new = _layout(old_datadir, new_datadir)
     argv = ["rsync", "--archive", "--delete", "--hard-links", "--size-only", "--no-inc-recursive", "--relative",
             "--stats"]  # fmt: skip
     argv += [f"--include=/{rel_old}/{e}" for e in PG_ENTRIES if e != "postmaster.pid"]
@@ -380,12 +382,9 @@ def start_standby(ctx: RunContext, name: str) -> dict[str, Any]:
         ctx.state.record("standby_reclone", name=name, new_datadir=route.new_datadir)
         basebackup(shost, standby.os_user, plan_.new.bindir, route.new_datadir, primary_conninfo(standby, shost))
         configure_new_standby(standby, shost, route.new_datadir, plan_)
-    with connect(primary) as conn:
-        since = str(scalar_named(conn, "wal-position"))
     ctx.state.record("standby_new_start", name=name)  # from here its old files may change (rsync)
-    services.start_if_down(new, shost)
+    lag = _start_streaming(primary, new, shost, route.streams_as)
     _runs_major(new, versions.Version.parse(plan_.new.version).major)
-    lag = topology.caught_up(primary, route.streams_as, since)
     seconds = round(time.monotonic() - started, 3)
     ctx.state.record("standby_streaming", name=name, seconds=seconds, replay_lag_bytes=lag)
     log.info("standby %s on the new major, streaming (%s, %.1fs)", name, route.how, seconds)
@@ -403,6 +402,17 @@ def release_wal(ctx: RunContext) -> bool:
     with connect(new_cluster(ctx, plan_, private=False)) as conn:
         fetch_named(conn, "drop-replication-slot", {"slot": HOLD_SLOT})
     return True
+
+
+def _start_streaming(
+    primary: Cluster, standby: Cluster, shost: Host, streams_as: str, timeout: float = topology.STREAM_TIMEOUT_S
+) -> int:
+    """The standby started unless it runs, proven streaming from ``primary`` past its WAL position at the start
+    (``topology.caught_up``); its replay lag in bytes then."""
+    with connect(primary) as conn:
+        since = str(scalar_named(conn, "wal-position"))
+    services.start_if_down(standby, shost)
+    return topology.caught_up(primary, streams_as, since, timeout)
 
 
 def _runs_major(cluster: Cluster, major: int) -> None:
@@ -466,10 +476,7 @@ def standbys_back(ctx: RunContext) -> list[dict[str, Any]]:
         how = "restarted" if intact and _restarted(ctx.cluster, standby, shost, route) else "recloned"
         if how == "recloned":
             _reclone_old(standby, shost)
-            services.start_if_down(standby, shost)
-            with connect(ctx.cluster) as conn:
-                since = str(scalar_named(conn, "wal-position"))
-            topology.caught_up(ctx.cluster, route.streams_as, since)
+            _start_streaming(ctx.cluster, standby, shost, route.streams_as)
         _runs_major(standby, versions.Version.parse(plan_.old.version).major)
         seconds = round(time.monotonic() - started, 3)
         ctx.state.record("standby_back", name=route.name, how=how, seconds=seconds)
@@ -492,15 +499,9 @@ def _restarted(primary: Cluster, standby: Cluster, shost: Host, route: Route) ->
     streams from the old primary again within the limit (if not, it is stopped for a re-clone)."""
     control = services.pg_control_state(shost, standby.datadir, standby.os_user)
     if control["pg_control.old"] and not control["pg_control"]:
-        shost.run(
-            ["mv", "--", f"{standby.datadir}/global/pg_control.old", f"{standby.datadir}/global/pg_control"],
-            user=standby.os_user,
-        )
-    with connect(primary) as conn:
-        since = str(scalar_named(conn, "wal-position"))
+        services.restore_pg_control(shost, standby.datadir, standby.os_user)
     try:
-        services.start_if_down(standby, shost)
-        topology.caught_up(primary, route.streams_as, since, timeout=RESTART_STREAM_TIMEOUT_S)
+        _start_streaming(primary, standby, shost, route.streams_as, RESTART_STREAM_TIMEOUT_S)
         return True
     except (CheckFailed, CommandError) as exc:
         log.warning("standby %s did not come back streaming (%s): re-cloning it", route.name, exc)
