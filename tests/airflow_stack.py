@@ -165,9 +165,15 @@ class AirflowStack:
         return res.stdout
 
     def start(self) -> AirflowStack:
-        self.airflow("db", "migrate")
-        self.launch()
-        self.wait_healthy()
+        """Migrated, launched and healthy; on any failure what was launched is stopped (by PID) before raising:
+        the caller never got the stack to stop."""
+        try:
+            self.airflow("db", "migrate")
+            self.launch()
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def launch(self) -> None:
